@@ -1,0 +1,350 @@
+"""Read weights one tensor at a time from safetensors files and torch zip checkpoints.
+
+Loaders build their module on the meta device and fill it from a `StateDictReader`, converting each
+tensor straight into the target dtype, so a load never holds a second full copy of the weights:
+safetensors are read with positioned reads into the tensor's own memory (own header parser), torch
+checkpoints are memory-mapped (`torch.load(weights_only=True, mmap=True)`) and each source tensor's
+pages are released once it has been copied.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+SAFETENSORS_DTYPE_NAMES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+
+# Containers that wrap the real state dict inside official or training checkpoints, in priority order.
+_WRAPPER_KEYS = ("state_dict", "model", "module", "state_dict_ema", "ema")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _release_pages(tensor: torch.Tensor) -> None:
+    """madvise(DONTNEED) the whole pages under a memory-mapped tensor so they leave our RSS."""
+    if not hasattr(_release_pages, "libc"):
+        try:
+            _release_pages.libc = ctypes.CDLL(None, use_errno=True)  # type: ignore[attr-defined]
+        except OSError:
+            _release_pages.libc = None  # type: ignore[attr-defined]
+    libc = _release_pages.libc  # type: ignore[attr-defined]
+    nbytes = tensor.numel() * tensor.element_size()
+    if libc is None or nbytes < mmap.PAGESIZE * 4:
+        return
+    start = tensor.data_ptr()
+    first = (start + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+    last = (start + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # 4 = MADV_DONTNEED
+
+
+class _SafetensorsFile:
+    """One .safetensors file: parsed header and positioned reads (no mmap, no full copy)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = path.stat().st_size
+        self._fd = os.open(path, os.O_RDONLY)
+        try:
+            head = os.pread(self._fd, 8, 0)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: file is empty or truncated ({size} bytes); re-download it.")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > min(size - 8, 100 * 2**20):
+                raise CheckpointError(
+                    f"{path}: not a safetensors file or truncated (header of {header_len} bytes in a "
+                    f"{size}-byte file); re-download it or check that it is a model file.")
+            try:
+                header = json.loads(os.pread(self._fd, header_len, 8))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise CheckpointError(f"{path}: safetensors header is not valid JSON ({err}).") from err
+            self.metadata = header.pop("__metadata__", None) or {}
+            self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+            data_start = 8 + header_len
+            end = data_start
+            for key, entry in header.items():
+                dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+                if dtype is None:
+                    raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {entry['dtype']}.")
+                begin, stop = entry["data_offsets"]
+                self._entries[key] = (dtype, tuple(entry["shape"]), data_start + begin, stop - begin)
+                end = max(end, data_start + stop)
+            if end > size:
+                raise CheckpointError(
+                    f"{path}: file is truncated ({size} bytes, its header needs {end}); re-download it.")
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def keys(self) -> Iterable[str]:
+        return self._entries.keys()
+
+    def info(self, key: str) -> TensorInfo:
+        dtype, shape, _, _ = self._entries[key]
+        return TensorInfo(shape, dtype)
+
+    def read(self, key: str) -> torch.Tensor:
+        dtype, shape, offset, nbytes = self._entries[key]
+        out = torch.empty(shape, dtype=dtype)
+        if nbytes:
+            view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+            done = 0
+            while done < nbytes:
+                got = os.preadv(self._fd, [view[done:]], offset + done)
+                if got <= 0:
+                    raise CheckpointError(f"{self.path}: read of {key!r} stopped early; the file is truncated.")
+                done += got
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _PickleFile:
+    """One torch zip checkpoint (.pth/.bin/.ckpt), memory-mapped and loaded with weights_only=True."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.metadata: dict = {}
+        self._mapped = True
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "zip" not in str(err).lower() and "mmap" not in str(err).lower():
+                raise self._error(err) from err
+            self._mapped = False
+            try:  # legacy (non-zip) torch files cannot be memory-mapped
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err2:  # noqa: BLE001 - any failure here means an unusable file
+                raise self._error(err2) from err2
+        except Exception as err:  # noqa: BLE001
+            raise self._error(err) from err
+        self._tensors = self._unwrap(obj)
+
+    def _error(self, err: Exception) -> CheckpointError:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            return CheckpointError(
+                f"{self.path}: holds Python objects besides tensors, and untrusted pickles are never "
+                f"unpickled (torch.load(weights_only=True) refused: {text}). Convert it to .safetensors.")
+        return CheckpointError(
+            f"{self.path}: cannot be read as a PyTorch checkpoint; it is truncated or not a model file "
+            f"({text}). Re-download it.")
+
+    def _unwrap(self, obj) -> dict[str, torch.Tensor]:
+        if isinstance(obj, dict):
+            for key in _WRAPPER_KEYS:
+                inner = obj.get(key)
+                if isinstance(inner, dict) and inner and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                    return {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+            tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+            if tensors:
+                return tensors
+        raise CheckpointError(f"{self.path}: contains no tensors (not a model state dict).")
+
+    def keys(self) -> Iterable[str]:
+        return self._tensors.keys()
+
+    def info(self, key: str) -> TensorInfo:
+        tensor = self._tensors[key]
+        return TensorInfo(tuple(tensor.shape), tensor.dtype)
+
+    def read(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+    def release(self, key: str) -> None:
+        if self._mapped:  # the pages re-fault from the file if the tensor is read again
+            _release_pages(self._tensors[key])
+
+    def close(self) -> None:
+        self._tensors = {}
+
+
+def _open_file(path: Path):
+    if not path.exists():
+        raise CheckpointError(f"{path}: file not found.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty; re-download it.")
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        return _SafetensorsFile(path)
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic[:2] == b"PK" or magic[:1] == b"\x80":  # zip container or legacy pickle
+        return _PickleFile(path)
+    if len(magic) == 8 and struct.unpack("<Q", magic)[0] < path.stat().st_size:
+        return _SafetensorsFile(path)  # safetensors file with an unusual suffix
+    raise CheckpointError(f"{path}: not a safetensors or PyTorch weights file.")
+
+
+def weight_files(folder: Path, stems: tuple[str, ...] = ()) -> list[Path]:
+    """The weight files of a model folder: a sharded index, else the single (or sharded) weight files.
+
+    `stems` narrows the choice to files named `<stem>*.safetensors|bin` (e.g. "diffusion_pytorch_model").
+    safetensors are preferred over pickles when both exist.
+    """
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: folder not found.")
+    for index in sorted(folder.glob("*.index.json")):
+        if stems and not index.name.startswith(stems):
+            continue
+        if index.name.endswith(".bin.index.json") and any(folder.glob("*.safetensors.index.json")):
+            continue
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise CheckpointError(f"{index}: not a valid shard index ({err}).") from err
+        files = [folder / name for name in dict.fromkeys(weight_map.values())]
+        missing = [str(f.name) for f in files if not f.exists()]
+        if missing:
+            raise CheckpointError(f"{index}: shard files missing: {', '.join(missing)}; download them.")
+        return files
+    for suffixes in (SAFETENSORS_SUFFIXES, PICKLE_SUFFIXES):
+        files = sorted(p for p in folder.iterdir()
+                       if p.is_file() and p.suffix.lower() in suffixes and (not stems or p.name.startswith(stems)))
+        if files:
+            return files
+    raise CheckpointError(f"{folder}: no weight files (.safetensors, .bin, .pth) found.")
+
+
+class StateDictReader:
+    """Lazily reads named tensors from one or more weight files.
+
+    `get(key, dtype)` returns a tensor converted to `dtype`; the source copy is released at once, so
+    reading every key holds about one copy of the weights in the target dtype.
+    """
+
+    def __init__(self, paths: Path | str | Iterable[Path | str]):
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        self.paths = [Path(p) for p in paths]
+        self._files = []
+        self._where: dict[str, object] = {}
+        try:
+            for path in self.paths:
+                handle = _open_file(path)
+                self._files.append(handle)
+                for key in handle.keys():
+                    self._where[key] = handle
+        except BaseException:
+            self.close()
+            raise
+        self.metadata: dict = {}
+        for handle in self._files:
+            self.metadata.update(handle.metadata)
+
+    @property
+    def name(self) -> str:
+        return str(self.paths[0].parent if len(self.paths) > 1 else self.paths[0])
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def info(self, key: str) -> TensorInfo:
+        return self._where[key].info(key)  # type: ignore[attr-defined]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: self.info(k).shape for k in self._where}
+
+    def get(self, key: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        handle = self._where[key]
+        source = handle.read(key)  # type: ignore[attr-defined]
+        want = dtype or source.dtype
+        if isinstance(handle, _PickleFile):
+            tensor = source.to(device=device, dtype=want, copy=True)
+            handle.release(key)
+        else:
+            tensor = source.to(device=device, dtype=want)
+        return tensor
+
+    def close(self) -> None:
+        for handle in self._files:
+            handle.close()
+        self._files = []
+
+    def __enter__(self) -> "StateDictReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_weights(path: Path | str, stems: tuple[str, ...] = ()) -> StateDictReader:
+    """A reader for a weight file, or for the weight files of a folder (see `weight_files`)."""
+    path = Path(path)
+    if path.is_dir():
+        return StateDictReader(weight_files(path, stems))
+    return StateDictReader(path)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path | str, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (temp file in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_torch(obj, path: Path | str) -> None:
+    """torch.save atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(data: dict, path: Path | str) -> None:
+    """Write JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,39 @@
+"""Shared test fixtures: the real T5 tokenizer files and the pack imported under a fixed package name."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+T5_TOKENIZER_DIR = ROOT.parent / "shared" / "testdata" / "t5_tokenizer"
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer_dir() -> Path:
+    """The real T5 v1.1 tokenizer files (../shared/testdata/t5_tokenizer); skip when absent."""
+    if not (T5_TOKENIZER_DIR / "tokenizer.json").exists():
+        pytest.skip(f"real T5 tokenizer files not found at {T5_TOKENIZER_DIR}")
+    return T5_TOKENIZER_DIR
+
+
+def import_pack(name: str = "pixart_atelier"):
+    """Import the repository root as the ComfyUI pack package `name` (as ComfyUI's loader does)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return import_pack()
