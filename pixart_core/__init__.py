@@ -1,0 +1,37 @@
+"""PixArt Atelier core: PixArt-α/Σ/δ in pure PyTorch (no ComfyUI imports).
+
+Public entry points (imported lazily so that `import pixart_core` stays cheap):
+    load_transformer, load_t5_encoder, load_t5_tokenizer, load_vae, PixArtPipeline, PixArtConfig
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_transformer": ".pixart.load",
+    "PixArtTransformer": ".pixart.model",
+    "PixArtConfig": ".pixart.config",
+    "load_t5_encoder": ".t5",
+    "load_t5_tokenizer": ".t5",
+    "load_vae": ".vae",
+    "PixArtPipeline": ".pipeline",
+    "CheckpointError": ".errors",
+    "TokenizerNotFoundError": ".errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import mmap
 import os
 import struct
@@ -35,6 +36,7 @@ _SAFETENSORS_DTYPES = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 SAFETENSORS_DTYPE_NAMES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+_CHUNK_BYTES = 16 * 2**20  # scratch buffer of converting safetensors reads
 
 # Containers that wrap the real state dict inside official or training checkpoints, in priority order.
 _WRAPPER_KEYS = ("state_dict", "model", "module", "state_dict_ema", "ema")
@@ -69,6 +71,7 @@ class _SafetensorsFile:
 
     def __init__(self, path: Path):
         self.path = path
+        self._scratch: torch.Tensor | None = None
         size = path.stat().st_size
         self._fd = os.open(path, os.O_RDONLY)
         try:
@@ -109,20 +112,44 @@ class _SafetensorsFile:
         dtype, shape, _, _ = self._entries[key]
         return TensorInfo(shape, dtype)
 
+    def _pread_exact(self, view: memoryview, offset: int, key: str) -> None:
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise CheckpointError(f"{self.path}: read of {key!r} stopped early; the file is truncated.")
+            done += got
+
     def read(self, key: str) -> torch.Tensor:
-        dtype, shape, offset, nbytes = self._entries[key]
+        dtype, shape, _, _ = self._entries[key]
         out = torch.empty(shape, dtype=dtype)
-        if nbytes:
-            view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
-            done = 0
-            while done < nbytes:
-                got = os.preadv(self._fd, [view[done:]], offset + done)
-                if got <= 0:
-                    raise CheckpointError(f"{self.path}: read of {key!r} stopped early; the file is truncated.")
-                done += got
+        self.read_into(key, out)
         return out
 
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        """Read `key` into the contiguous CPU tensor `out` (same element count, any dtype).
+
+        Same dtype: positioned reads straight into `out`. Other dtypes: chunk by chunk through one reused
+        buffer, never a full-size temporary (freed temporaries interleaved with the kept tensors fragment
+        the heap: measured +25% peak RSS for a fp32 -> bf16 load)."""
+        dtype, _, offset, nbytes = self._entries[key]
+        if not nbytes:
+            return
+        if out.dtype == dtype:
+            self._pread_exact(memoryview(out.view(-1).view(torch.uint8).numpy()), offset, key)
+            return
+        if self._scratch is None:
+            self._scratch = torch.empty(_CHUNK_BYTES, dtype=torch.uint8)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        flat, per_chunk, total = out.view(-1), _CHUNK_BYTES // itemsize, nbytes // itemsize
+        view = memoryview(self._scratch.numpy())
+        for first in range(0, total, per_chunk):
+            count = min(per_chunk, total - first)
+            self._pread_exact(view[: count * itemsize], offset + first * itemsize, key)
+            flat[first:first + count].copy_(self._scratch[: count * itemsize].view(dtype))
+
     def close(self) -> None:
+        self._scratch = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -179,6 +206,11 @@ class _PickleFile:
 
     def read(self, key: str) -> torch.Tensor:
         return self._tensors[key]
+
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        """Copy (and convert) the memory-mapped tensor into `out`, then drop its pages from our RSS."""
+        out.copy_(self._tensors[key].reshape(out.shape))
+        self.release(key)
 
     def release(self, key: str) -> None:
         if self._mapped:  # the pages re-fault from the file if the tensor is read again
@@ -283,15 +315,28 @@ class StateDictReader:
         return {k: self.info(k).shape for k in self._where}
 
     def get(self, key: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Tensor `key` as a new tensor in `dtype` (default: as stored) on `device`."""
+        info = self.info(key)
+        out = torch.empty(info.shape, dtype=dtype or info.dtype, device=device)
+        return self.read_into(key, out)
+
+    def read_into(self, key: str, out: torch.Tensor) -> torch.Tensor:
+        """Copy tensor `key` into the preallocated `out` (same element count; any dtype and device) and return it.
+
+        On the CPU nothing full-size is allocated besides `out`; loaders that fill slices of a fused tensor
+        use this to avoid per-piece temporaries."""
         handle = self._where[key]
-        source = handle.read(key)  # type: ignore[attr-defined]
-        want = dtype or source.dtype
-        if isinstance(handle, _PickleFile):
-            tensor = source.to(device=device, dtype=want, copy=True)
-            handle.release(key)
+        shape = handle.info(key).shape  # type: ignore[attr-defined]
+        if math.prod(shape) != out.numel():
+            raise CheckpointError(f"{self.name}: tensor {key!r} has shape {tuple(shape)}, "
+                                  f"expected {tuple(out.shape)}.")
+        if out.device.type == "cpu" and out.is_contiguous():
+            handle.read_into(key, out)  # type: ignore[attr-defined]
         else:
-            tensor = source.to(device=device, dtype=want)
-        return tensor
+            out.copy_(handle.read(key).reshape(out.shape))  # type: ignore[attr-defined]
+            if isinstance(handle, _PickleFile):
+                handle.release(key)
+        return out
 
     def close(self) -> None:
         for handle in self._files:

@@ -12,7 +12,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 T5_TOKENIZER_DIR = ROOT.parent / "shared" / "testdata" / "t5_tokenizer"
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
+torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,16 @@ def t5_tokenizer_dir() -> Path:
     if not (T5_TOKENIZER_DIR / "tokenizer.json").exists():
         pytest.skip(f"real T5 tokenizer files not found at {T5_TOKENIZER_DIR}")
     return T5_TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_suite(tmp_path_factory, t5_tokenizer_dir) -> Path:
+    """`python -m pixart_core make-tiny` output (transformers/, t5/, vae/, pipelines/, comfyui/models/)."""
+    from pixart_core.tiny import write_tiny_suite
+
+    out = tmp_path_factory.mktemp("tiny")
+    write_tiny_suite(out, tokenizer_dir=t5_tokenizer_dir)
+    return out
 
 
 def import_pack(name: str = "pixart_atelier"):

@@ -1,0 +1,60 @@
+"""The custom socket types of PixArt Atelier and the small objects that travel through them.
+
+Core types are reused only where the object honours the whole core contract: LATENT (unscaled latents),
+IMAGE, VAE (a real `comfy.sd.VAE` inside ComfyUI). A PixArt DiT is not a core `MODEL` (core samplers
+cannot drive its text masks and micro-conditions), so it travels as PIXART_MODEL; likewise T5 and its
+masked conditioning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+PIXART_MODEL = "PIXART_MODEL"
+PIXART_T5 = "PIXART_T5"
+PIXART_CONDITIONING = "PIXART_CONDITIONING"
+
+CATEGORY = "PixArt Atelier"
+
+
+@dataclass
+class PixArtModel:
+    """A loaded PixArt transformer: the host handle that places it on the device, and what was detected."""
+
+    handle: object
+    config: object  # pixart_core.pixart.config.PixArtConfig
+    summary: str
+
+    @property
+    def latent_space(self) -> str:
+        return "sd15" if self.config.family == "alpha" else "sdxl"
+
+    @property
+    def max_length(self) -> int:
+        return 120 if self.config.family == "alpha" else 300
+
+
+@dataclass
+class T5Encoder:
+    """A loaded T5 encoder with its tokenizer and host handle."""
+
+    handle: object
+    tokenizer: object
+    name: str
+
+
+@dataclass
+class PixArtConditioning:
+    """T5 hidden states [N, L, C] and mask [N, L] for one prompt (N = 1) or a batch, on the CPU."""
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+    prompts: list[str] = field(default_factory=list)
+
+    def repeat_to(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.hidden.shape[0]
+        if batch % n:
+            raise ValueError(f"a conditioning of {n} prompts cannot fill a batch of {batch}")
+        return self.hidden.repeat_interleave(batch // n, 0), self.mask.repeat_interleave(batch // n, 0)

@@ -1,0 +1,144 @@
+"""Command line: `python -m pixart_core generate|make-tiny|info ...` (see `--help`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("pixart_core")
+
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, _DTYPES[name])
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="text-to-image (or image-to-image) to a PNG file")
+    p.add_argument("--model", help="PixArt transformer: a diffusers pipeline folder, a transformer folder or a "
+                   "checkpoint file (.pth/.safetensors). Without it, PixArt-Σ 1024 is fetched from Hugging Face.")
+    p.add_argument("--t5", help="T5 text encoder folder or file (needed unless --model is a pipeline folder)")
+    p.add_argument("--tokenizer", help="T5 tokenizer folder (default: next to the T5 weights)")
+    p.add_argument("--vae", help="VAE folder or file (needed unless --model is a pipeline folder)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--out", required=True, help="output PNG path (batches add _1, _2, ...)")
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--steps", type=int, help="sampling steps (default: 20, LCM 4)")
+    p.add_argument("--cfg", type=float, help="guidance scale (default: 4.5, LCM 0)")
+    p.add_argument("--sampler", help="dpmpp_2m, sa_solver, euler, euler_ancestral, ddim or lcm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="images per prompt")
+    p.add_argument("--no-binning", action="store_true", help="generate at the exact size, not the nearest bin")
+    p.add_argument("--image", help="input image for image-to-image")
+    p.add_argument("--strength", type=float, default=0.6, help="image-to-image denoise strength (0..1]")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="DiT dtype (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--t5-dtype", choices=sorted(_DTYPES), default=None, help="T5 dtype (default: as --dtype)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--variant", help="override detection with a variant name (e.g. sigma-1024, alpha-512)")
+    p.add_argument("--lcm", action="store_true", help="treat the model as PixArt-δ LCM (4 steps, no CFG)")
+
+
+def _generate(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .pipeline import PixArtPipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _dtype(args.dtype) if args.dtype else (torch.float16 if device.startswith("cuda") else torch.float32)
+    model = args.model
+    if model is None:
+        from .hub import fetch_default_model
+
+        model = fetch_default_model()
+    pipe = PixArtPipeline.from_pretrained(model, text_encoder=args.t5, tokenizer=args.tokenizer, vae=args.vae,
+                                          dtype=dtype, device=device, variant=args.variant,
+                                          text_encoder_dtype=_dtype(args.t5_dtype) if args.t5_dtype else None,
+                                          lcm=True if args.lcm else None)
+    log.info("model: %s", getattr(pipe.transformer, "detection", None) and pipe.transformer.detection.summary())
+    image = None
+    if args.image:
+        import numpy as np
+        from PIL import Image
+
+        rgb = np.asarray(Image.open(args.image).convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
+        image = torch.from_numpy(rgb).permute(2, 0, 1)[None].repeat(args.batch, 1, 1, 1)  # [B, 3, H, W]
+    bar = tqdm(total=1, desc="sampling", unit="step", disable=None)
+
+    def on_step(step: int, total: int, *_):
+        bar.total = total
+        bar.update(1)
+
+    images = pipe(args.prompt, negative_prompt=args.negative, height=args.height, width=args.width,
+                  num_inference_steps=args.steps, guidance_scale=args.cfg, sampler=args.sampler, seed=args.seed,
+                  use_resolution_binning=not args.no_binning, num_images_per_prompt=args.batch,
+                  image=image, strength=args.strength, callback=on_step)
+    bar.close()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        target = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+        tmp = target.with_name(f".{target.name}.tmp")
+        img.save(tmp, format="PNG")
+        tmp.replace(target)
+        log.info("wrote %s (%dx%d)", target, img.width, img.height)
+    return 0
+
+
+def _add_make_tiny(sub) -> None:
+    p = sub.add_parser("make-tiny", help="write tiny random-weight checkpoints in every supported layout")
+    p.add_argument("out_dir")
+    p.add_argument("--tokenizer", help="T5 tokenizer folder to copy into the tiny T5 folders "
+                   "(default: ../shared/testdata/t5_tokenizer when present)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _make_tiny(args) -> int:
+    from .tiny import default_tokenizer_dir, write_tiny_suite
+
+    tok = Path(args.tokenizer) if args.tokenizer else default_tokenizer_dir()
+    written = write_tiny_suite(Path(args.out_dir), tokenizer_dir=tok, seed=args.seed)
+    for name, path in sorted(written.items()):
+        print(f"{name}\t{path}")  # noqa: T201 - command output
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="detect what a PixArt checkpoint file or folder is")
+    p.add_argument("path")
+
+
+def _info(args) -> int:
+    from .pixart.load import detect_checkpoint
+
+    print(detect_checkpoint(Path(args.path)).summary())  # noqa: T201 - command output
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pixart_core", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_make_tiny(sub)
+    _add_info(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from .errors import CheckpointError
+
+    try:
+        return {"generate": _generate, "make-tiny": _make_tiny, "info": _info}[args.command](args)
+    except (CheckpointError, FileNotFoundError, ValueError, ConnectionError) as err:
+        log.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Text-to-image (and image-to-image) with PixArt-α/Σ/δ, called like diffusers' PixArt pipelines.
+
+Phases of `__call__`: 1. resolution binning  2. prompt encoding (T5, padded to 120/300 tokens with masks)
+3. latents  4. sampling with classifier-free guidance (cond and uncond in one batch)  5. VAE decode and
+resize-and-crop back to the requested size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .bins import bins_for, closest_bin, resize_and_crop
+from .sampling import DEFAULT_STEPS, SAMPLERS, cfg_eps_fn, sample
+
+log = logging.getLogger(__name__)
+
+#: Defaults of the official apps and diffusers: DPM-Solver++ 20 steps cfg 4.5; PixArt-δ LCM 4 steps no CFG.
+STANDARD_DEFAULTS = {"sampler": "dpmpp_2m", "steps": 20, "guidance_scale": 4.5}
+LCM_DEFAULTS = {"sampler": "lcm", "steps": 4, "guidance_scale": 0.0}
+
+
+@dataclass(frozen=True)
+class PipelinePaths:
+    """Where each part of a pipeline lives (any layout the loaders accept)."""
+
+    transformer: Path
+    text_encoder: Path
+    tokenizer: Path
+    vae: Path
+    lcm: bool = False
+
+    @classmethod
+    def resolve(cls, root: str | Path | None, transformer=None, text_encoder=None, tokenizer=None, vae=None) -> "PipelinePaths":
+        """A diffusers-style root (transformer/, text_encoder/, tokenizer/, vae/) with per-part overrides."""
+        root = Path(root) if root is not None else None
+        if root is not None and not root.exists():
+            raise FileNotFoundError(f"{root}: model path not found.")
+        is_root = root is not None and root.is_dir() and (root / "model_index.json").exists()
+
+        def part(given, name):
+            if given is not None:
+                return Path(given)
+            if is_root and (root / name).exists():
+                return root / name
+            if name == "transformer" and root is not None:
+                return root  # a transformer file or folder on its own
+            raise FileNotFoundError(
+                f"no {name.replace('_', ' ')} given" + (f" and {root} has no {name}/ folder" if root else "")
+                + f"; pass --{name.replace('_encoder', '').replace('text', 't5')} PATH.")
+
+        lcm = False
+        if is_root:
+            sched = root / "scheduler" / "scheduler_config.json"
+            if sched.exists():
+                lcm = json.loads(sched.read_text()).get("_class_name") == "LCMScheduler"
+        text_encoder_path = part(text_encoder, "text_encoder")
+        if tokenizer is None and is_root and (root / "tokenizer").exists():
+            tokenizer = root / "tokenizer"
+        return cls(part(transformer, "transformer"), text_encoder_path,
+                   Path(tokenizer) if tokenizer is not None else text_encoder_path, part(vae, "vae"), lcm)
+
+
+class PixArtPipeline:
+    """PixArt DiT + T5 encoder + tokenizer + VAE.
+
+    `__call__` mirrors diffusers' `PixArtAlphaPipeline`/`PixArtSigmaPipeline`: prompts are lower-cased and
+    stripped (diffusers with clean_caption=False), tokenized to 120 (α) or 300 (Σ) tokens, the negative prompt
+    gets its own mask, micro-conditions of α-1024-MS are the binned size and its exact ratio.
+    """
+
+    def __init__(self, transformer, text_encoder, tokenizer, vae, *, vae_scale_factor: float | None = None,
+                 max_sequence_length: int | None = None, lcm: bool = False):
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.vae = vae
+        config = transformer.config
+        self.vae_scale_factor = vae_scale_factor or getattr(vae, "scaling_factor", None) or config.vae_scale_factor
+        self.max_sequence_length = max_sequence_length or (120 if config.family == "alpha" else 300)
+        self.defaults = dict(LCM_DEFAULTS if lcm else STANDARD_DEFAULTS)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, *, transformer=None, text_encoder=None, tokenizer=None,
+                        vae=None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                        text_encoder_dtype: torch.dtype | None = None, vae_dtype: torch.dtype | None = None,
+                        variant: str | None = None, lcm: bool | None = None) -> "PixArtPipeline":
+        """Load from a diffusers-style folder and/or separate paths (files or folders in any supported layout)."""
+        from .pixart.load import load_transformer
+        from .t5 import load_t5_encoder, load_t5_tokenizer
+        from .vae import load_vae
+
+        paths = PipelinePaths.resolve(path, transformer, text_encoder, tokenizer, vae)
+        model = load_transformer(paths.transformer, dtype=dtype, device=device, variant=variant)
+        t5 = load_t5_encoder(paths.text_encoder, dtype=text_encoder_dtype or dtype, device=device)
+        tok = load_t5_tokenizer(paths.tokenizer)
+        autoencoder = load_vae(paths.vae, dtype=vae_dtype or dtype, device=device)
+        return cls(model, t5, tok, autoencoder, lcm=paths.lcm if lcm is None else lcm)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @torch.inference_mode()
+    def encode_prompt(self, prompts: Sequence[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 hidden states [B, L, C] and mask [B, L] for prompts, lower-cased and stripped like diffusers."""
+        texts = [p.lower().strip() for p in prompts]
+        ids, mask = self.tokenizer(texts, max_length=max_length or self.max_sequence_length)  # [B, L], [B, L]
+        t5_device = next(self.text_encoder.parameters()).device
+        hidden = self.text_encoder(ids.to(t5_device), mask.to(t5_device))  # [B, L, C]
+        return hidden.to(self.device, self.dtype), mask.to(self.device)
+
+    def _size(self, height: int, width: int, binning: bool) -> tuple[int, int]:
+        if height <= 0 or width <= 0 or height % 8 or width % 8:
+            raise ValueError(f"height and width must be positive multiples of 8, got {height}x{width}")
+        if binning:
+            return closest_bin(height, width, bins_for(self.transformer.config.sample_size))
+        patch = 8 * self.transformer.config.patch_size
+        if height % patch or width % patch:
+            raise ValueError(f"without resolution binning height and width must be multiples of {patch}, "
+                             f"got {height}x{width}")
+        return height, width
+
+    @torch.inference_mode()
+    def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] = "", height: int = 1024,
+                 width: int = 1024, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 sampler: str | None = None, seed: int | None = None, latents: torch.Tensor | None = None,
+                 use_resolution_binning: bool = True, output_type: str = "pil", num_images_per_prompt: int = 1,
+                 generator: torch.Generator | None = None, image: torch.Tensor | None = None, strength: float = 0.6,
+                 callback: Callable | None = None, should_stop: Callable[[], bool] | None = None):
+        """Generate images; output_type "pil" (list of PIL images), "pt" ([B,3,H,W] in 0..1), "latent"."""
+        sampler = sampler or self.defaults["sampler"]
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        steps = num_inference_steps or (self.defaults["steps"] if sampler == self.defaults["sampler"] else DEFAULT_STEPS[sampler])
+        cfg = self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        if sampler == "lcm" and guidance_scale is None:
+            cfg = 0.0
+
+        # 1. resolution binning
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        gen_h, gen_w = self._size(height, width, use_resolution_binning)
+
+        # 2. prompts (negative padded to the positive's length, each with its own mask)
+        cond, cond_mask = self.encode_prompt(prompts)  # [P, L, C], [P, L]
+        cond = cond.repeat_interleave(num_images_per_prompt, 0)
+        cond_mask = cond_mask.repeat_interleave(num_images_per_prompt, 0)
+        uncond = uncond_mask = None
+        if cfg > 1.0:
+            uncond, uncond_mask = self.encode_prompt(negatives, max_length=cond.shape[1])
+            uncond = uncond.repeat_interleave(num_images_per_prompt, 0)
+            uncond_mask = uncond_mask.repeat_interleave(num_images_per_prompt, 0)
+        batch = cond.shape[0]
+
+        # 3. latents
+        config = self.transformer.config
+        shape = (batch, config.in_channels, gen_h // 8, gen_w // 8)
+        if generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32)  # [B, 4, h, w]
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        noise = latents.to(self.device, self.dtype)
+        init_latent = None
+        if image is not None:
+            pixels = resize_and_crop(image.float(), gen_w, gen_h) * 2 - 1  # [B, 3, H, W] in -1..1
+            vae_device = next(self.vae.parameters()).device
+            vae_dtype = next(self.vae.parameters()).dtype
+            init_latent = self.vae.encode(pixels.to(vae_device, vae_dtype)).to(self.device, self.dtype) * self.vae_scale_factor
+
+        # 4. sampling
+        resolution = aspect_ratio = None
+        if config.micro_condition:
+            resolution = torch.tensor([[gen_h, gen_w]], dtype=self.dtype, device=self.device).repeat(batch, 1)  # [B, 2]
+            aspect_ratio = torch.full((batch, 1), gen_h / gen_w, dtype=self.dtype, device=self.device)  # [B, 1]
+        eps_fn = cfg_eps_fn(self.transformer, cond, cond_mask, uncond, uncond_mask, cfg,
+                            resolution=resolution, aspect_ratio=aspect_ratio)
+        out = sample(eps_fn, noise, sampler=sampler, steps=steps, denoise=strength if image is not None else 1.0,
+                     init_latent=init_latent, generator=generator, callback=callback, should_stop=should_stop)
+        if output_type == "latent":
+            return out
+
+        # 5. decode, then resize-and-crop back to the requested size
+        pixels = self.decode(out)
+        if (gen_h, gen_w) != (height, width):
+            pixels = resize_and_crop(pixels, width, height)
+        pixels = (pixels / 2 + 0.5).clamp(0, 1)  # [B, 3, H, W] in 0..1
+        if output_type == "pt":
+            return pixels
+        if output_type == "pil":
+            return to_pil(pixels)
+        raise ValueError(f"output_type must be 'pil', 'pt' or 'latent', not {output_type!r}")
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Model-space latents -> images in -1..1 (float32)."""
+        vae_param = next(self.vae.parameters())
+        return self.vae.decode((latents / self.vae_scale_factor).to(vae_param.device, vae_param.dtype)).float()
+
+
+def to_pil(pixels: torch.Tensor) -> list:
+    """[B, 3, H, W] in 0..1 -> PIL images (rounded like diffusers' numpy_to_pil)."""
+    from PIL import Image
+
+    arrays = (pixels.permute(0, 2, 3, 1).cpu().float().numpy() * 255).round().astype("uint8")  # [B, H, W, 3]
+    return [Image.fromarray(a) for a in arrays]

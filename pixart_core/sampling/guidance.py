@@ -1,0 +1,114 @@
+"""Classifier-free guidance around a PixArt transformer, producing the `eps_fn(x, t)` the samplers drive.
+
+eps = eps_uncond + s * (eps_cond - eps_uncond) (Ho & Salimans 2022). Cond and uncond run in ONE batch ordered
+[uncond, cond] as diffusers' PixArt pipelines (and the official DPM-Solver wrapper) do, each with its own T5
+mask. Learned-sigma models (out_channels = 2 * in_channels) have the variance channels dropped.
+
+`prediction="v_prediction"` is for community fine-tunes trained on v (Salimans & Ho 2022): with
+x_vp = sqrt(a) x0 + sqrt(1 - a) eps and v = sqrt(a) eps - sqrt(1 - a) x0, eps = sqrt(a) v + sqrt(1 - a) x_vp,
+where a = alpha_bar at the (possibly fractional) timestep, consistent with the sampler's sigma.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .schedule import NoiseSchedule, linear_schedule
+
+PREDICTIONS = ("epsilon", "v_prediction")
+
+
+def _model_dtype(model) -> torch.dtype | None:
+    if isinstance(model, torch.nn.Module):
+        for parameter in model.parameters():
+            return parameter.dtype
+    return getattr(model, "dtype", None)
+
+
+def _ones_mask(context: torch.Tensor) -> torch.Tensor:
+    return torch.ones(context.shape[:2], dtype=torch.long, device=context.device)  # [B, L]
+
+
+def _pad_tokens(context: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad context [B, L, C] and mask [B, L] to `length` tokens (padded tokens are masked out)."""
+    mask = mask.long() if mask.dtype == torch.bool else mask  # [B, L]
+    extra = length - context.shape[1]
+    if extra == 0:
+        return context, mask
+    return F.pad(context, (0, 0, 0, extra)), F.pad(mask, (0, extra))  # [B, length, C], [B, length]
+
+
+def _per_sample(value: torch.Tensor | None, batch: int, name: str) -> torch.Tensor | None:
+    """Broadcast a batch-1 tensor to `batch` rows; reject other mismatches."""
+    if value is None or value.shape[0] == batch:
+        return value
+    if value.shape[0] == 1:
+        return value.expand(batch, *value.shape[1:])
+    raise ValueError(f"{name} has batch size {value.shape[0]} but the latents have {batch}; use 1 or {batch}")
+
+
+def cfg_eps_fn(model, context: torch.Tensor, context_mask: torch.Tensor | None, neg_context: torch.Tensor | None,
+               neg_mask: torch.Tensor | None, guidance_scale: float, resolution: torch.Tensor | None = None,
+               aspect_ratio: torch.Tensor | None = None, prediction: str = "epsilon",
+               schedule: NoiseSchedule | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """An `eps_fn(x [B,C,H,W], t [B]) -> eps [B,C,H,W]` calling
+    `model(x, t, context, context_mask=..., resolution=..., aspect_ratio=...)`.
+
+    context / neg_context: T5 states [1 or B, L, 4096]; masks [1 or B, L] (None = all tokens valid). The
+    shorter of the two is zero-padded (and masked) to the longer. resolution [1 or B, 2] (height, width) and
+    aspect_ratio [1 or B, 1] are the micro-conditions of α-1024 models (None for others). guidance_scale <= 1
+    runs the positive prompt only (no negative needed), as diffusers' `do_classifier_free_guidance`.
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    use_cfg = guidance_scale > 1.0
+    if use_cfg and neg_context is None:
+        raise ValueError(f"guidance_scale {guidance_scale} > 1 needs a negative context (e.g. T5 of the empty prompt)")
+    schedule = linear_schedule() if schedule is None else schedule
+    model_dtype = _model_dtype(model)
+    context_mask = _ones_mask(context) if context_mask is None else context_mask
+    if use_cfg:
+        neg_mask = _ones_mask(neg_context) if neg_mask is None else neg_mask
+        length = max(context.shape[1], neg_context.shape[1])
+        context, context_mask = _pad_tokens(context, context_mask, length)
+        neg_context, neg_mask = _pad_tokens(neg_context, neg_mask, length)
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        batch, channels = x.shape[0], x.shape[1]
+        dtype = model_dtype or x.dtype
+        cond = _per_sample(context, batch, "context")  # [B, L, C]
+        cond_mask = _per_sample(context_mask, batch, "context_mask")  # [B, L]
+        res = _per_sample(resolution, batch, "resolution")  # [B, 2]
+        ar = _per_sample(aspect_ratio, batch, "aspect_ratio")  # [B, 1]
+        if use_cfg:
+            uncond = _per_sample(neg_context, batch, "neg_context")  # [B, L, C]
+            uncond_mask = _per_sample(neg_mask, batch, "neg_mask")  # [B, L]
+            x_in = torch.cat([x, x])  # [2B, C, H, W]
+            t_in = torch.cat([t, t])  # [2B]
+            ctx_in = torch.cat([uncond, cond])  # [2B, L, C]
+            mask_in = torch.cat([uncond_mask, cond_mask])  # [2B, L]
+            res = None if res is None else torch.cat([res, res])  # [2B, 2]
+            ar = None if ar is None else torch.cat([ar, ar])  # [2B, 1]
+        else:
+            x_in, t_in, ctx_in, mask_in = x, t, cond, cond_mask
+        out = model(x_in.to(dtype), t_in, ctx_in.to(device=x.device, dtype=dtype), context_mask=mask_in.to(x.device),
+                    resolution=None if res is None else res.to(device=x.device, dtype=dtype),
+                    aspect_ratio=None if ar is None else ar.to(device=x.device, dtype=dtype))  # [nB, C or 2C, H, W]
+        if out.shape[1] == 2 * channels:
+            out = out[:, :channels]  # [nB, C, H, W] learned-sigma channels dropped
+        elif out.shape[1] != channels:
+            raise ValueError(f"model returned {out.shape[1]} channels for {channels}-channel latents")
+        out = out.to(x.dtype)
+        if use_cfg:
+            out_uncond, out_cond = out.chunk(2)  # [B, C, H, W] each
+            out = out_uncond + guidance_scale * (out_cond - out_uncond)  # [B, C, H, W]
+        if prediction == "v_prediction":
+            alpha_bar = torch.as_tensor(schedule.alpha_bar_at(t.double().cpu().numpy()), dtype=x.dtype)  # [B]
+            alpha_bar = alpha_bar.to(x.device).view(-1, 1, 1, 1)  # [B, 1, 1, 1]
+            out = alpha_bar.sqrt() * out + (1.0 - alpha_bar).sqrt() * x  # [B, C, H, W] eps from v
+        return out
+
+    return eps_fn

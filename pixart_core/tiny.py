@@ -1,0 +1,110 @@
+"""`python -m pixart_core make-tiny OUT`: tiny random-weight checkpoints in every layout the loaders accept.
+
+Layout of OUT:
+    transformers/   PixArt DiTs: official .pth/.safetensors, diffusers folders and single files, ComfyUI files
+    t5/             T5 encoders: Hugging Face folders (sharded too), ComfyUI single files fp32/fp16/bf16/fp8
+    vae/            VAEs: diffusers folders, LDM single files, full-checkpoint style
+    pipelines/      diffusers pipeline roots (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
+                    scheduler/): alpha-1024-ms, sigma-1024, sigma-256 (binning at 256) and lcm (PixArt-δ)
+    comfyui/models/ a ComfyUI models folder with the example workflows' file names
+Used by the tests, the CLI smoke test and the host tests; the T5 tokenizer files are copied from
+`tokenizer_dir` (the real T5 v1.1 tokenizer; never committed).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .checkpoint_io import write_json
+from .pixart.tiny import write_tiny_transformers
+from .t5.tiny import TOKENIZER_FILES, write_tiny_t5
+from .vae.tiny import write_tiny_vaes
+
+_SCHEDULERS = {
+    "DPMSolverMultistepScheduler": {
+        "algorithm_type": "dpmsolver++", "beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001,
+        "lower_order_final": True, "num_train_timesteps": 1000, "prediction_type": "epsilon",
+        "solver_order": 2, "solver_type": "midpoint", "steps_offset": 0, "timestep_spacing": "linspace",
+        "thresholding": False, "use_karras_sigmas": False},
+    "LCMScheduler": {
+        "beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001, "num_train_timesteps": 1000,
+        "original_inference_steps": 50, "prediction_type": "epsilon", "timestep_scaling": 10.0,
+        "set_alpha_to_one": True, "steps_offset": 0, "clip_sample": False, "timestep_spacing": "leading"},
+}
+
+# (transformer folder, VAE folder, pipeline class, scheduler class)
+_PIPELINES = {
+    "alpha-1024-ms": ("alpha-1024-ms-diffusers", "sd_diffusers", "PixArtAlphaPipeline", "DPMSolverMultistepScheduler"),
+    "sigma-1024": ("sigma-1024-diffusers", "sdxl_diffusers", "PixArtSigmaPipeline", "DPMSolverMultistepScheduler"),
+    "sigma-256": ("sigma-256-diffusers", "sdxl_diffusers", "PixArtSigmaPipeline", "DPMSolverMultistepScheduler"),
+    "lcm": ("alpha-1024-ms-diffusers", "sd_diffusers", "PixArtAlphaPipeline", "LCMScheduler"),
+}
+
+# ComfyUI models folder: file names of the example workflows -> (group, tiny name)
+_COMFY_FILES = {
+    "diffusion_models/PixArt-Sigma-XL-2-1024-MS.pth": ("transformers", "sigma-1024.pth"),
+    "diffusion_models/PixArt-XL-2-1024-MS.pth": ("transformers", "alpha-1024-ms.pth"),
+    "diffusion_models/PixArt-LCM-XL-2-1024-MS.safetensors": ("transformers", "alpha-1024-ms.safetensors"),
+    "checkpoints/PixArt-Sigma-XL-2-256x256.pth": ("transformers", "sigma-256.pth"),
+    "text_encoders/t5xxl_fp16.safetensors": ("t5", "comfy_fp16"),
+    "text_encoders/t5-v1_1-xxl": ("t5", "hf"),
+    "vae/sd-vae-ft-ema.safetensors": ("vae", "sd_ldm_safetensors"),
+    "vae/sdxl_vae.safetensors": ("vae", "sdxl_ldm_safetensors"),
+}
+
+
+def default_tokenizer_dir() -> Path | None:
+    """../shared/testdata/t5_tokenizer beside the project, when present."""
+    candidate = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "t5_tokenizer"
+    return candidate if (candidate / "tokenizer.json").exists() else None
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def _write_pipeline(root: Path, transformer: Path, t5_folder: Path, vae: Path, pipeline: str, scheduler: str) -> Path:
+    _copy(transformer, root / "transformer")
+    _copy(vae, root / "vae")
+    (root / "text_encoder").mkdir(parents=True, exist_ok=True)
+    (root / "tokenizer").mkdir(parents=True, exist_ok=True)
+    for item in t5_folder.iterdir():
+        target = root / ("tokenizer" if item.name in TOKENIZER_FILES else "text_encoder") / item.name
+        _copy(item, target)
+    write_json({"_class_name": scheduler, "_diffusers_version": "0.30.0", **_SCHEDULERS[scheduler]},
+               root / "scheduler" / "scheduler_config.json")
+    write_json({"_class_name": pipeline, "_diffusers_version": "0.30.0",
+                "scheduler": ["diffusers", scheduler], "text_encoder": ["transformers", "T5EncoderModel"],
+                "tokenizer": ["transformers", "T5Tokenizer"], "transformer": ["diffusers", "PixArtTransformer2DModel"],
+                "vae": ["diffusers", "AutoencoderKL"]}, root / "model_index.json")
+    return root
+
+
+def write_tiny_suite(out_dir: Path | str, tokenizer_dir: Path | None = None, seed: int = 0) -> dict[str, Path]:
+    """Write everything listed in the module docstring; returns {"group/name": path}."""
+    out = Path(out_dir)
+    groups = {
+        "transformers": write_tiny_transformers(out / "transformers", seed=seed),
+        "t5": write_tiny_t5(out / "t5", tokenizer_dir=tokenizer_dir, seed=seed),
+        "vae": write_tiny_vaes(out / "vae", seed=seed),
+    }
+    written = {f"{group}/{name}": path for group, items in groups.items() for name, path in items.items()}
+    if tokenizer_dir is not None:
+        for name, (transformer, vae, pipeline, scheduler) in _PIPELINES.items():
+            written[f"pipelines/{name}"] = _write_pipeline(
+                out / "pipelines" / name, groups["transformers"][transformer], groups["t5"]["hf"],
+                groups["vae"][vae], pipeline, scheduler)
+    models = out / "comfyui" / "models"
+    for rel, (group, name) in _COMFY_FILES.items():
+        if group == "t5" and name == "hf" and tokenizer_dir is None:
+            continue
+        _copy(groups[group][name], models / rel)
+        written[f"comfyui/{rel}"] = models / rel
+    return written

@@ -1,0 +1,148 @@
+"""The pack inside a real ComfyUI server (needs COMFYUI_ROOT; see tests/comfy_server.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+if not os.environ.get("COMFYUI_ROOT"):
+    pytest.skip(
+        "set COMFYUI_ROOT to a ComfyUI checkout (and COMFYUI_PYTHON to its venv python) to run the real-host tests",
+        allow_module_level=True,
+    )
+
+from comfy_server import PACK_FOLDER_NAME, ComfyServer, read_image, run_workflow, saved_images, status_messages
+
+pytestmark = pytest.mark.host
+
+
+TINY_VAES = ("sd_diffusers", "sd_ldm.safetensors", "sdxl_diffusers_single.safetensors")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, pack):
+    from pixart_atelier.pixart_core.vae.tiny import write_tiny_vaes
+
+    base = tmp_path_factory.mktemp("comfyui")
+    hf_t5 = base / "models" / "text_encoders" / "t5-test"
+    hf_t5.mkdir(parents=True)
+    (hf_t5 / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    (hf_t5 / "model.safetensors").write_bytes(b"")
+    write_tiny_vaes(base / "models" / "vae")
+    server = ComfyServer.start_from_env(base)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def import_lines(server: ComfyServer) -> list[str]:
+    """The "Import times for custom nodes" lines that name a folder of ours."""
+    return [line for line in server.log_text().splitlines() if re.search(r"seconds.*custom_nodes[/\\]", line)]
+
+
+def probe(steps=3, seconds_per_step=0.0, latent_space="sdxl", vae_names=""):
+    inputs = {"steps": steps, "seconds_per_step": seconds_per_step, "latent_space": latent_space,
+              "vae_names": vae_names}
+    return {"1": {"class_type": "AtelierHostProbe", "inputs": inputs}}
+
+
+def test_pack_imports(server):
+    lines = import_lines(server)
+    ours = [line for line in lines if line.rstrip().endswith(PACK_FOLDER_NAME)]
+    assert ours, f"no import line for {PACK_FOLDER_NAME}{server.log_tail()}"
+    failed = [line for line in lines if "IMPORT FAILED" in line]
+    assert not failed, f"custom node import failed: {failed}{server.log_tail()}"
+
+
+def test_every_node_is_registered(server, pack):
+    info = server.object_info()
+    missing = sorted(set(pack.NODE_CLASS_MAPPINGS) - set(info))
+    assert not missing, f"nodes missing from /object_info: {missing}{server.log_tail()}"
+    for node_id in pack.NODE_CLASS_MAPPINGS:
+        assert info[node_id]["python_module"] == f"custom_nodes.{PACK_FOLDER_NAME}"
+        assert info[node_id]["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS.get(node_id, node_id)
+    assert "AtelierHostProbe" in info and "SaveImage" in info
+
+
+def test_core_workflow_saves_png(server):
+    workflow = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0xFF8000}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "atelier/core"}},
+    }
+    entry = run_workflow(server, workflow, timeout=120)
+    paths = saved_images(server, entry)
+    assert len(paths) == 1 and paths[0].suffix == ".png" and paths[0].is_file(), paths
+    assert paths[0].parent == server.base / "output" / "atelier"
+    pixels = read_image(paths[0])
+    assert pixels.shape == (48, 64, 3)
+    assert tuple(pixels[0, 0]) == (255, 128, 0)
+
+
+def test_host_adapter_inside_comfyui(server):
+    entry = run_workflow(server, probe(steps=3, latent_space="sdxl"), timeout=120)
+    report = json.loads(entry["outputs"]["1"]["probe"][0])
+    assert report["in_comfyui"] is True
+    assert report["host_module"].endswith(f"{PACK_FOLDER_NAME}.nodes.host")
+    assert report["compute_device"] == "cpu" and report["offload_device"] == "cpu"  # the server runs --cpu
+    assert report["preferred_dtype"] == "torch.float32"
+    assert Path(report["tokenizer_dir"]).name == "t5_tokenizer"
+    assert (Path(report["tokenizer_dir"]) / "tokenizer.json").is_file()
+    assert report["models"]["text_encoders"] == ["t5-test"]
+    assert report["text_encoder_path"] == str(server.base / "models" / "text_encoders" / "t5-test")
+    assert set(TINY_VAES) <= set(report["models"]["vae"])
+    assert not any("diffusion_pytorch_model" in name for name in report["models"]["vae"])  # folders by name
+    assert str(server.base / "models" / "vae") in report["model_folders"]
+    assert report["patcher_class"] == "ModelPatcher" and report["loaded_is_module"] is True
+    assert report["weight_device"] == "cpu" and report["patcher_in_loaded_models"] is True
+    assert report["override_load_device"] == "cpu" and report["previews_enabled"] is True
+    assert report["should_stop"] is False
+    progress = server.events.of_prompt(entry["prompt_id"], "progress")
+    assert [(m["data"]["value"], m["data"]["max"]) for m in progress] == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_load_vae_gives_a_core_vae_matching_pixart_core(server):
+    entry = run_workflow(server, probe(steps=1, vae_names=",".join(TINY_VAES)), timeout=180)
+    vaes = json.loads(entry["outputs"]["1"]["probe"][0])["vaes"]
+    for name in TINY_VAES:
+        assert vaes[name]["class"] == "comfy.sd.VAE", name
+        assert vaes[name]["decode_shape"] == [1, 24, 40, 3], name
+        assert vaes[name]["decode_max_abs_diff"] < 1e-4, (name, vaes[name])
+        assert vaes[name]["encode_max_abs_diff"] < 1e-4, (name, vaes[name])
+
+
+# The probe's latent is 1 in channel 0 and 0 elsewhere, so ComfyUI's Latent2RGB preview is that channel's
+# RGB factor (+ bias for SDXL) mapped from -1..1 to 0..255: SD15 (0.3512, 0.2297, 0.3227),
+# SDXL (0.3651 + 0.1084, 0.4232 - 0.0175, 0.4341 - 0.0011).
+@pytest.mark.parametrize("latent_space, rgb", [("sd15", (172, 156, 168)), ("sdxl", (187, 179, 182))])
+def test_latent_previews_are_sent(server, latent_space, rgb):
+    from PIL import Image
+
+    before = len(server.events.previews)
+    run_workflow(server, probe(steps=2, latent_space=latent_space), timeout=120)
+    previews = server.events.previews[before:]
+    assert len(previews) == 2, f"expected 2 previews (server runs --preview-method auto), got {len(previews)}"
+    with Image.open(io.BytesIO(previews[-1])) as image:
+        assert image.format == "JPEG"
+        assert image.size == (512, 256)  # the 32x16 latent scaled to fit --preview-size 512
+        centre = image.convert("RGB").getpixel((256, 128))
+    assert max(abs(a - b) for a, b in zip(centre, rgb, strict=True)) <= 3, (centre, rgb)
+
+
+def test_interrupt_stops_a_running_node(server):
+    prompt_id = server.submit(probe(steps=400, seconds_per_step=0.05))
+    started = server.events.wait_for(lambda: server.events.of_prompt(prompt_id, "progress"), timeout=60)
+    assert started, f"no progress event{server.log_tail()}"
+    server.interrupt()
+    entry = server.wait(prompt_id, timeout=60)
+    assert entry["status"]["status_str"] == "error"
+    assert "execution_interrupted" in status_messages(entry), entry["status"]
+    last = server.events.of_prompt(prompt_id, "progress")[-1]["data"]["value"]
+    assert last < 400
+    # the server keeps working after an interrupt
+    assert run_workflow(server, probe(steps=1), timeout=60)["status"]["completed"] is True

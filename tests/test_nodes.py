@@ -1,0 +1,153 @@
+"""Every node class called directly on tiny checkpoints (outside ComfyUI: the host adapter's fallbacks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+NODE_IDS = ["AtelierModelLoader", "AtelierT5Loader", "AtelierVAELoader", "AtelierT5TextEncode",
+            "AtelierResolutionSelect", "AtelierSampler", "AtelierVAEDecode", "AtelierVAEEncode"]
+
+
+@pytest.fixture(scope="module")
+def nodes(pack, tiny_suite, t5_tokenizer_dir, monkeypatch_module, tmp_path_factory):
+    """A models folder like a ComfyUI user's; outside ComfyUI the T5 tokenizer must sit next to the weights."""
+    models = tmp_path_factory.mktemp("models")
+    for folder in (tiny_suite / "comfyui" / "models").iterdir():
+        (models / folder.name).mkdir()
+        for item in folder.iterdir():
+            (models / folder.name / item.name).symlink_to(item)
+    for item in t5_tokenizer_dir.iterdir():
+        (models / "text_encoders" / item.name).symlink_to(item)
+    monkeypatch_module.setenv("PIXART_ATELIER_MODELS", str(models))
+    return pack.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def sigma(nodes):
+    model, summary = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
+    t5 = nodes["AtelierT5Loader"]().load("t5xxl_fp16.safetensors", "fp32", "cpu")[0]
+    positive, negative = nodes["AtelierT5TextEncode"]().encode(t5, model, "A Red Fox in snow", "")
+    return model, t5, positive, negative
+
+
+def test_node_metadata_is_complete(pack):
+    assert sorted(pack.NODE_CLASS_MAPPINGS) == sorted(NODE_IDS)
+    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert node_id.startswith("Atelier") and node_id in pack.NODE_DISPLAY_NAME_MAPPINGS
+        assert cls.CATEGORY.startswith("PixArt Atelier/") and cls.DESCRIPTION and hasattr(cls, cls.FUNCTION)
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
+        spec = cls.INPUT_TYPES()
+        for section in spec.values():
+            for name, (kind, *opts) in section.items():
+                assert opts and opts[0].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_model_loader_reports_detected_variant(nodes):
+    loader = nodes["AtelierModelLoader"]()
+    for name, family, micro, tokens in [("PixArt-Sigma-XL-2-1024-MS.pth", "sigma", False, 300),
+                                        ("PixArt-XL-2-1024-MS.pth", "alpha", True, 120),
+                                        ("PixArt-Sigma-XL-2-256x256.pth", "sigma", False, 300)]:
+        out = loader.load(name)
+        model, summary = out["result"]
+        assert out["ui"]["text"] == [summary]
+        assert model.config.family == family and model.config.micro_condition == micro
+        assert model.max_length == tokens and ("Σ" if family == "sigma" else "α") in summary
+    with pytest.raises(FileNotFoundError, match="models/diffusion_models"):
+        loader.load("missing.pth")
+
+
+def test_text_encode_pads_to_model_tokens(nodes, sigma):
+    model, t5, positive, negative = sigma
+    assert positive.hidden.shape == (1, 300, 32) and positive.mask.shape == (1, 300)
+    assert 1 < int(positive.mask.sum()) < 20 and int(negative.mask.sum()) == 1  # "" is just </s>
+    alpha, _ = nodes["AtelierModelLoader"]().load("PixArt-XL-2-1024-MS.pth")["result"]
+    pos, _ = nodes["AtelierT5TextEncode"]().encode(t5, alpha, "a red fox in snow", "")
+    assert pos.hidden.shape == (1, 120, 32)
+    torch.testing.assert_close(pos.hidden[:, :10], positive.hidden[:, :10])  # lower-cased like the reference
+
+
+def test_t5_loader_lists_files_and_folders(nodes):
+    names = nodes["AtelierT5Loader"].INPUT_TYPES()["required"]["t5_name"][0]
+    assert "t5xxl_fp16.safetensors" in names and "t5-v1_1-xxl" in names
+    t5 = nodes["AtelierT5Loader"]().load("t5-v1_1-xxl", "fp8_e4m3fn", "cpu")[0]
+    assert t5.tokenizer is not None
+
+
+def test_resolution_select_uses_the_models_bins(nodes):
+    select = nodes["AtelierResolutionSelect"]()
+    big, _ = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
+    small, _ = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-256x256.pth")["result"]
+    assert select.select(big, "1.0") == (1024, 1024)
+    assert select.select(big, "0.57") == (1344, 768)  # ratio = height / width
+    assert select.select(small, "1.0") == (256, 256)
+
+
+def test_sampler_matches_the_pipeline_and_is_seeded(nodes, sigma, tiny_suite):
+    from pixart_atelier.pixart_core.pipeline import PixArtPipeline
+    from pixart_atelier.pixart_core.t5 import load_t5_tokenizer
+
+    model, t5, positive, negative = sigma
+    sampler = nodes["AtelierSampler"]()
+    (latent,) = sampler.generate(model, positive, negative, 5, 3, 4.5, "dpmpp_2m", 64, 48, 2)
+    assert latent["samples"].shape == (2, 4, 6, 8)
+    (again,) = sampler.generate(model, positive, negative, 5, 3, 4.5, "dpmpp_2m", 64, 48, 2)
+    (other,) = sampler.generate(model, positive, negative, 6, 3, 4.5, "dpmpp_2m", 64, 48, 2)
+    assert torch.equal(latent["samples"], again["samples"])
+    assert not torch.allclose(latent["samples"], other["samples"])
+
+    pipe = PixArtPipeline(model.handle.module, t5.handle.module, load_t5_tokenizer(tiny_suite / "t5" / "t5_hf"),
+                          None, vae_scale_factor=model.config.vae_scale_factor)
+    noise = torch.randn((2, 4, 6, 8), generator=torch.Generator().manual_seed(5))
+    ref = pipe("A Red Fox in snow", height=48, width=64, num_inference_steps=3, guidance_scale=4.5,
+               latents=noise, use_resolution_binning=False, output_type="latent", num_images_per_prompt=2)
+    torch.testing.assert_close(latent["samples"] * model.config.vae_scale_factor, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_lcm_and_every_sampler_run(nodes, sigma):
+    model, t5, positive, negative = sigma
+    for name in ("lcm", "sa_solver", "euler", "euler_ancestral", "ddim"):
+        (latent,) = nodes["AtelierSampler"]().generate(model, positive, negative, 1, 4, 1.0 if name == "lcm" else 3.0,
+                                                       name, 32, 32, 1)
+        assert latent["samples"].shape == (1, 4, 4, 4) and torch.isfinite(latent["samples"]).all()
+
+
+def test_256_square_works(nodes):
+    model, _ = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-256x256.pth")["result"]
+    t5 = nodes["AtelierT5Loader"]().load("t5xxl_fp16.safetensors", "fp32", "cpu")[0]
+    pos, neg = nodes["AtelierT5TextEncode"]().encode(t5, model, "a cat", "")
+    (latent,) = nodes["AtelierSampler"]().generate(model, pos, neg, 0, 2, 4.5, "dpmpp_2m", 256, 256, 1)
+    assert latent["samples"].shape == (1, 4, 32, 32) and torch.isfinite(latent["samples"]).all()
+
+
+def test_vae_decode_encode_and_image_to_image(nodes, sigma):
+    model, t5, positive, negative = sigma
+    vae = nodes["AtelierVAELoader"]().load("sdxl_vae.safetensors")[0]
+    (latent,) = nodes["AtelierSampler"]().generate(model, positive, negative, 3, 2, 4.5, "dpmpp_2m", 64, 64, 1)
+    (image,) = nodes["AtelierVAEDecode"]().decode(latent, vae)
+    assert image.shape == (1, 64, 64, 3) and 0 <= float(image.min()) and float(image.max()) <= 1
+    (encoded,) = nodes["AtelierVAEEncode"]().encode(torch.rand(1, 70, 90, 3), vae)
+    assert encoded["samples"].shape == (1, 4, 8, 10)  # cropped to 64x80
+    (img2img,) = nodes["AtelierSampler"]().generate(model, positive, negative, 3, 4, 4.5, "dpmpp_2m", 1024, 1024,
+                                                    1, denoise=0.5, latent=encoded)
+    assert img2img["samples"].shape == (1, 4, 8, 10)
+    # at low denoise the result stays close to the input latent; at full denoise it does not
+    (full,) = nodes["AtelierSampler"]().generate(model, positive, negative, 3, 4, 4.5, "dpmpp_2m", 1024, 1024,
+                                                 1, denoise=1.0, latent=encoded)
+    near = (img2img["samples"] - encoded["samples"]).abs().mean()
+    far = (full["samples"] - encoded["samples"]).abs().mean()
+    assert near < far
+
+
+def test_bad_sizes_give_clear_errors(nodes, sigma):
+    model, t5, positive, negative = sigma
+    with pytest.raises(ValueError, match="multiples of 16"):
+        nodes["AtelierSampler"]().generate(model, positive, negative, 0, 2, 4.5, "dpmpp_2m", 100, 64, 1)
+    with pytest.raises(ValueError, match="16x16"):
+        nodes["AtelierVAEEncode"]().encode(torch.rand(1, 8, 8, 3), None)
