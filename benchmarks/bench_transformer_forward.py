@@ -68,8 +68,10 @@ def make_inputs(dtype: torch.dtype, valid: tuple[int, int], seed: int = 1):
     return x, timestep, context, mask
 
 
-def time_pair(reference, ours, inputs, runs: int, warmup: int) -> tuple[list[float], list[float], float]:
-    """Alternating timings (seconds) and the max |ours - diffusers| of the outputs."""
+def time_pair(reference, ours, inputs, runs: int, warmup: int) -> tuple[dict, dict, float]:
+    """Alternating timings {"wall": [s], "cpu": [s]} for ours and diffusers, and the max |ours - diffusers|.
+
+    "cpu" is the process CPU time (all threads): less sensitive than wall time to other jobs on the machine."""
     x, timestep, context, mask = inputs
 
     def run_reference():
@@ -79,22 +81,24 @@ def time_pair(reference, ours, inputs, runs: int, warmup: int) -> tuple[list[flo
     def run_ours():
         return ours(x, timestep, context, mask)
 
-    ours_times, reference_times = [], []
+    ours_times, reference_times = {"wall": [], "cpu": []}, {"wall": [], "cpu": []}
     with torch.inference_mode():
         diff = (run_ours().float() - run_reference().float()).abs().max().item()
         for _ in range(max(warmup - 1, 0)):
             run_ours(), run_reference()
-        for _ in range(runs):
-            for fn, times in ((run_ours, ours_times), (run_reference, reference_times)):
-                start = time.perf_counter()
+        for index in range(2 * runs):  # alternate which model goes first
+            order = ((run_ours, ours_times), (run_reference, reference_times))
+            for fn, times in order if index % 2 == 0 else order[::-1]:
+                start_wall, start_cpu = time.perf_counter(), time.process_time()
                 fn()
-                times.append(time.perf_counter() - start)
+                times["wall"].append(time.perf_counter() - start_wall)
+                times["cpu"].append(time.process_time() - start_cpu)
     return ours_times, reference_times, diff
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3, help="pairs of alternating runs per model")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--dtypes", default="float32,bfloat16")
@@ -110,20 +114,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for mask_name in args.masks.split(","):
             ours_times, reference_times, diff = time_pair(
                 reference, ours, make_inputs(dtype, MASKS[mask_name]), args.runs, args.warmup)
-            ours_median, reference_median = statistics.median(ours_times), statistics.median(reference_times)
-            results.append({
-                "dtype": dtype_name, "mask": mask_name, "valid_tokens": list(MASKS[mask_name]),
-                "ours_s": ours_median, "diffusers_s": reference_median, "ratio": ours_median / reference_median,
-                "ours_all_s": ours_times, "diffusers_all_s": reference_times, "max_abs_diff": diff,
-            })
+            row = {"dtype": dtype_name, "mask": mask_name, "valid_tokens": list(MASKS[mask_name]), "max_abs_diff": diff}
+            for clock in ("wall", "cpu"):
+                ours_median = statistics.median(ours_times[clock])
+                reference_median = statistics.median(reference_times[clock])
+                row.update({f"ours_{clock}_s": ours_median, f"diffusers_{clock}_s": reference_median,
+                            f"ratio_{clock}": ours_median / reference_median,
+                            f"ours_{clock}_all_s": ours_times[clock], f"diffusers_{clock}_all_s": reference_times[clock]})
+            results.append(row)
         del reference, ours
 
     LOG.info("torch %s, %d threads, depth %d, batch %d, latent %dx%d, %d tokens, runs %d",
              torch.__version__, torch.get_num_threads(), args.depth, BATCH, LATENT, LATENT, TOKENS, args.runs)
-    LOG.info("%-9s %-7s %10s %13s %7s %12s", "dtype", "mask", "ours [s]", "diffusers [s]", "ratio", "max|diff|")
+    LOG.info("medians of %d runs each (wall = elapsed, cpu = process CPU time)", 2 * args.runs)
+    LOG.info("%-9s %-7s %9s %9s %10s %9s %9s %9s %10s %9s", "dtype", "mask", "ours wall", "diff wall",
+             "ratio wall", "ours cpu", "diff cpu", "ratio cpu", "max|diff|", "")
     for row in results:
-        LOG.info("%-9s %-7s %10.3f %13.3f %7.3f %12.2e", row["dtype"], row["mask"], row["ours_s"],
-                 row["diffusers_s"], row["ratio"], row["max_abs_diff"])
+        LOG.info("%-9s %-7s %9.3f %9.3f %10.3f %9.3f %9.3f %9.3f %10.2e", row["dtype"], row["mask"],
+                 row["ours_wall_s"], row["diffusers_wall_s"], row["ratio_wall"], row["ours_cpu_s"],
+                 row["diffusers_cpu_s"], row["ratio_cpu"], row["max_abs_diff"])
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
                                          "depth": args.depth, "results": results}, indent=2))

@@ -47,11 +47,13 @@ def run_sampler(model, positive, negative, seed, steps, cfg, sampler_name, width
     eps_fn = cfg_eps_fn(module, cond.to(device, dtype), cond_mask.to(device), neg.to(device, dtype),
                         neg_mask.to(device), cfg, resolution=resolution, aspect_ratio=aspect_ratio)
 
-    progress = host.progress(steps)
     preview = host.preview_callback(model.latent_space, steps)
+    bars = []  # created at the first step: image-to-image runs fewer steps than asked
 
     def callback(step, total, x, denoised):
-        progress.update(step + 1, preview(step, total, x, denoised) if preview else None)
+        if not bars:
+            bars.append(host.progress(total))
+        bars[0].update(step + 1, preview(step, total, x, denoised) if preview else None)
 
     with torch.inference_mode():
         try:
