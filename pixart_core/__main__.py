@@ -116,9 +116,12 @@ def _add_info(sub) -> None:
 
 
 def _info(args) -> int:
-    from .pixart.load import detect_checkpoint
+    from .pixart.load import inspect_transformer
 
-    print(detect_checkpoint(Path(args.path)).summary())  # noqa: T201 - command output
+    detection = inspect_transformer(Path(args.path))
+    print(detection.summary())  # noqa: T201 - command output
+    for line in detection.evidence:
+        print(f"  - {line}")  # noqa: T201 - command output
     return 0
 
 

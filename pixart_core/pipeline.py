@@ -120,8 +120,8 @@ class PixArtPipeline:
         return hidden.to(self.device, self.dtype), mask.to(self.device)
 
     def _size(self, height: int, width: int, binning: bool) -> tuple[int, int]:
-        if height <= 0 or width <= 0 or height % 8 or width % 8:
-            raise ValueError(f"height and width must be positive multiples of 8, got {height}x{width}")
+        if height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive, got {height}x{width}")
         if binning:
             return closest_bin(height, width, bins_for(self.transformer.config.sample_size))
         patch = 8 * self.transformer.config.patch_size
