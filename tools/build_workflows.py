@@ -30,6 +30,16 @@ CORE_SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
 }
 
+# Node body sizes [width, height] for the canvas: at least what ComfyUI frontend 1.27 computes for each node
+# (node.computeSize()), wider where text should stay readable; the 30 px title bar sits above `pos`.
+UI_SIZES: dict[str, list[int]] = {
+    "AtelierModelLoader": [370, 130], "AtelierT5Loader": [370, 110], "AtelierT5TextEncode": [380, 200],
+    "AtelierResolutionSelect": [380, 80], "AtelierSampler": [320, 320], "AtelierVAELoader": [320, 60],
+    "VAELoader": [320, 60], "AtelierVAEDecode": [210, 50], "AtelierVAEEncode": [210, 50], "VAEDecode": [210, 50],
+    "LoadImage": [370, 330], "SaveImage": [340, 340],
+}
+TITLE_HEIGHT, COLUMN_GAP, ROW_GAP, MARGIN = 30, 60, 40, 40
+
 
 @dataclass
 class Node:
@@ -91,7 +101,8 @@ def to_ui(nodes: list[Node]) -> dict:
             out_type = node_spec(by_id[src].type)[3][slot][1]
             links.append([link_id, src, slot, node.id, name, out_type])
             out_links.setdefault((src, slot), []).append(link_id)
-    for order, node in enumerate(nodes):
+    positions, orders = _layout(nodes), _execution_order(nodes)
+    for node in nodes:
         widgets, controlled, sockets, outputs = node_spec(node.type)
         values = []
         for name in widgets:
@@ -109,10 +120,9 @@ def to_ui(nodes: list[Node]) -> dict:
             if name in node.links:  # a widget turned into an input
                 kind = "INT" if name in ("width", "height") else "*"
                 inputs.append({"name": name, "type": kind, "widget": {"name": name}, "link": link_of[name]})
-        col, row = order % 4, order // 4
         ui_nodes.append({
-            "id": node.id, "type": node.type, "pos": [40 + 380 * col, 60 + 420 * row], "size": [340, 180],
-            "flags": {}, "order": order, "mode": 0, "inputs": inputs,
+            "id": node.id, "type": node.type, "pos": positions[node.id], "size": UI_SIZES[node.type],
+            "flags": {}, "order": orders[node.id], "mode": 0, "inputs": inputs,
             "outputs": [{"name": name, "type": kind, "links": out_links.get((node.id, i), []), "slot_index": i}
                         for i, (name, kind) in enumerate(outputs)],
             "title": node.title or None,
@@ -124,6 +134,54 @@ def to_ui(nodes: list[Node]) -> dict:
     ui_links = [[l[0], l[1], l[2], l[3], _input_slot(by_id[l[3]], l[4]), l[5]] for l in links]
     return {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": ui_nodes, "links": ui_links,
             "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def _execution_order(nodes: list[Node]) -> dict[int, int]:
+    """Kahn's order as the frontend computes it: sources in list order first, then nodes as their inputs are met."""
+    waiting = {n.id: len({src for src, _ in n.links.values()}) for n in nodes}
+    queue = [n.id for n in nodes if not waiting[n.id]]
+    order: dict[int, int] = {}
+    while queue:
+        done = queue.pop(0)
+        order[done] = len(order)
+        for n in nodes:
+            if done in {src for src, _ in n.links.values()}:
+                waiting[n.id] -= 1
+                if not waiting[n.id]:
+                    queue.append(n.id)
+    return order
+
+
+def _layout(nodes: list[Node]) -> dict[int, list[int]]:
+    """Left-to-right columns by link depth (loaders just left of their first consumer), stacked top-down."""
+    by_id = {n.id: n for n in nodes}
+    depth: dict[int, int] = {}
+
+    def longest_path(node_id: int) -> int:
+        if node_id not in depth:
+            sources = {src for src, _ in by_id[node_id].links.values()}
+            depth[node_id] = 1 + max(map(longest_path, sources)) if sources else 0
+        return depth[node_id]
+
+    for n in nodes:
+        longest_path(n.id)
+    for n in nodes:
+        if not n.links:
+            consumers = [depth[m.id] for m in nodes if n.id in {src for src, _ in m.links.values()}]
+            depth[n.id] = max(0, min(consumers, default=1) - 1)
+    for n in nodes:  # an output node (Save Image) goes under its only source, keeping the graph compact
+        sources = {src for src, _ in n.links.values()}
+        if len(sources) == 1 and not any(n.id in {src for src, _ in m.links.values()} for m in nodes):
+            depth[n.id] = depth[sources.pop()]
+    positions, x = {}, MARGIN
+    for column in range(max(depth.values()) + 1):
+        members = [n for n in nodes if depth[n.id] == column]
+        y = MARGIN + TITLE_HEIGHT
+        for n in members:
+            positions[n.id] = [x, y]
+            y += UI_SIZES[n.type][1] + TITLE_HEIGHT + ROW_GAP
+        x += max((UI_SIZES[n.type][0] for n in members), default=0) + COLUMN_GAP
+    return positions
 
 
 def _input_slot(node: Node, input_name: str) -> int:

@@ -117,8 +117,8 @@ class PixArtTransformer(nn.Module):
         dtype = self.x_embedder.proj.weight.dtype
 
         tokens = self.x_embedder(x.to(dtype))  # [B, N, C] in the compute dtype
-        tokens = tokens + self.pos_embed(*grid_hw, tokens.device, tokens.dtype)  # [B, N, C]
-        tokens = tokens.to(dtype)  # [B, N, C]
+        pos = self.pos_embed(*grid_hw, tokens.device, tokens.dtype)  # [N, C]
+        tokens = (tokens + pos if torch.is_grad_enabled() else tokens.add_(pos)).to(dtype)  # [B, N, C]
         t = self.embed_conditions(timestep, batch, x, resolution, aspect_ratio).to(dtype)  # [B, C]
         t_linear = self.t_block[1]
         t0 = linear(torch.nn.functional.silu(t), t_linear.weight, t_linear.bias).to(dtype)  # [B, 6C]
