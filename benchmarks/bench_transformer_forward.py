@@ -9,7 +9,7 @@ Runs alternate ours / diffusers (and which goes first) so machine-load noise hit
 For low-precision dtypes, "err" is each model's max |output - fp32 diffusers output| on the same inputs.
 
     python benchmarks/bench_transformer_forward.py [--runs 3] [--dtypes float32,bfloat16] [--masks padded,full]
-        [--depth 2] [--json results.json]
+        [--depth 2] [--threads N] [--json results.json]
 """
 
 from __future__ import annotations
@@ -102,12 +102,14 @@ def benchmark(depth: int, dtype_names: list[str], mask_names: list[str], runs: i
         dtype = getattr(torch, dtype_name)
         reference = reference32 if dtype == torch.float32 else copy.deepcopy(reference32).to(dtype)
         ours = ours_like(reference32, depth, dtype)
+        # fp32 evaluation of the same (rounded) weights: the accuracy yardstick for low-precision runs
+        exact_model = reference32 if dtype == torch.float32 else copy.deepcopy(reference).float()
         for mask_name in mask_names:
             x, timestep, context, mask = make_inputs(MASKS[mask_name])
             inputs = (x.to(dtype), timestep, context.to(dtype), mask)
             with torch.inference_mode():
                 ours_out, reference_out = ours(*inputs).float(), run_reference(reference, *inputs).float()
-                exact = run_reference(reference32, *(t.float() if t.is_floating_point() else t for t in inputs))
+                exact = run_reference(exact_model, *(t.float() if t.is_floating_point() else t for t in inputs))
             row = {"dtype": dtype_name, "mask": mask_name, "valid_tokens": list(MASKS[mask_name]),
                    "max_abs_diff": (ours_out - reference_out).abs().max().item(),
                    "ours_err_vs_fp32": (ours_out - exact).abs().max().item(),
@@ -121,7 +123,7 @@ def benchmark(depth: int, dtype_names: list[str], mask_names: list[str], runs: i
                             f"ours_{clock}_all_s": ours_times[clock],
                             f"diffusers_{clock}_all_s": reference_times[clock]})
             results.append(row)
-        del reference, ours
+        del reference, ours, exact_model
     return results
 
 
@@ -132,9 +134,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--masks", default="padded,full")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     results = benchmark(args.depth, args.dtypes.split(","), args.masks.split(","), args.runs, args.warmup)
 

@@ -77,11 +77,11 @@ def test_pos_embed_matches_numpy_formula(dim, height, width, base_size, interpol
 
 def test_pos_embed_cache_per_size_device_dtype():
     model = PixArtTransformer(tiny_config())
-    first = model.pos_embed(4, 6, torch.device("cpu"), torch.float32)
-    assert model.pos_embed(4, 6, torch.device("cpu"), torch.float32) is first
-    as_bf16 = model.pos_embed(4, 6, torch.device("cpu"), torch.bfloat16)
+    first = model.position_table(4, 6, torch.device("cpu"), torch.float32)
+    assert model.position_table(4, 6, torch.device("cpu"), torch.float32) is first
+    as_bf16 = model.position_table(4, 6, torch.device("cpu"), torch.bfloat16)
     assert as_bf16.dtype == torch.bfloat16 and as_bf16 is not first
-    assert model.pos_embed(6, 4, torch.device("cpu"), torch.float32).shape == (24, HIDDEN)
+    assert model.position_table(6, 4, torch.device("cpu"), torch.float32).shape == (24, HIDDEN)
     expected = torch.from_numpy(numpy_pos_embed(HIDDEN, 4, 6, 8, 2.0)).float()
     assert torch.equal(first, expected)
     model.to(torch.float64)

@@ -1,4 +1,4 @@
-"""PixArt transformer block (adaLN-single) and final layer (PixArt-α arXiv:2310.00426 §2.3, pixart.md §1.2, §1.9).
+"""PixArt transformer block (adaLN-single) and final layer (PixArt-α arXiv:2310.00426; pixart.md §1.2, §1.9).
 
 Block: x += gate_msa * attn(norm1(x) * (1 + scale_msa) + shift_msa); x += cross_attn(x, y);
        x += gate_mlp * mlp(norm2(x) * (1 + scale_mlp) + shift_mlp), with

@@ -45,7 +45,7 @@ class PixArtTransformer(nn.Module):
         self.final_layer = FinalLayer(hidden, config.patch_size, config.out_channels, **kw)
         self._pos_cache: dict[tuple, Tensor] = {}
 
-    def pos_embed(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    def position_table(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """Cached sin-cos table [h*w, C] for a (h, w) patch grid (computed in float64, then cast)."""
         key = (height, width, str(device), dtype)
         table = self._pos_cache.get(key)
@@ -117,7 +117,7 @@ class PixArtTransformer(nn.Module):
         dtype = self.x_embedder.proj.weight.dtype
 
         tokens = self.x_embedder(x.to(dtype))  # [B, N, C] in the compute dtype
-        pos = self.pos_embed(*grid_hw, tokens.device, tokens.dtype)  # [N, C]
+        pos = self.position_table(*grid_hw, tokens.device, tokens.dtype)  # [N, C]
         tokens = (tokens + pos if torch.is_grad_enabled() else tokens.add_(pos)).to(dtype)  # [B, N, C]
         t = self.embed_conditions(timestep, batch, x, resolution, aspect_ratio).to(dtype)  # [B, C]
         t_linear = self.t_block[1]
