@@ -78,9 +78,19 @@ def run_reference(model, x, timestep, context, mask):
     return model(x, context, timestep, encoder_attention_mask=mask, added_cond_kwargs=NO_MICRO_CONDITIONS).sample
 
 
+def _synced(fn, device: torch.device):
+    def call():
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
+    return call
+
+
 def time_pair(reference, ours, inputs, runs: int, warmup: int) -> tuple[dict, dict]:
     """Alternating timings {"wall": [s], "cpu": [s]} for ours and diffusers."""
-    calls = (lambda: ours(*inputs), lambda: run_reference(reference, *inputs))
+    device = inputs[0].device
+    calls = (_synced(lambda: ours(*inputs), device), _synced(lambda: run_reference(reference, *inputs), device))
     ours_times, reference_times = {"wall": [], "cpu": []}, {"wall": [], "cpu": []}
     with torch.inference_mode():
         for _ in range(warmup):
@@ -95,18 +105,19 @@ def time_pair(reference, ours, inputs, runs: int, warmup: int) -> tuple[dict, di
     return ours_times, reference_times
 
 
-def benchmark(depth: int, dtype_names: list[str], mask_names: list[str], runs: int, warmup: int) -> list[dict]:
-    reference32 = build_reference(depth)
+def benchmark(depth: int, dtype_names: list[str], mask_names: list[str], runs: int, warmup: int,
+              device: str = "cpu") -> list[dict]:
+    reference32 = build_reference(depth).to(device)
     results = []
     for dtype_name in dtype_names:
         dtype = getattr(torch, dtype_name)
         reference = reference32 if dtype == torch.float32 else copy.deepcopy(reference32).to(dtype)
-        ours = ours_like(reference32, depth, dtype)
+        ours = ours_like(reference32, depth, dtype).to(device)
         # fp32 evaluation of the same (rounded) weights: the accuracy yardstick for low-precision runs
         exact_model = reference32 if dtype == torch.float32 else copy.deepcopy(reference).float()
         for mask_name in mask_names:
             x, timestep, context, mask = make_inputs(MASKS[mask_name])
-            inputs = (x.to(dtype), timestep, context.to(dtype), mask)
+            inputs = (x.to(device, dtype), timestep.to(device), context.to(device, dtype), mask.to(device))
             with torch.inference_mode():
                 ours_out, reference_out = ours(*inputs).float(), run_reference(reference, *inputs).float()
                 exact = run_reference(exact_model, *(t.float() if t.is_floating_point() else t for t in inputs))
@@ -135,13 +146,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--masks", default="padded,full")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    results = benchmark(args.depth, args.dtypes.split(","), args.masks.split(","), args.runs, args.warmup)
+    results = benchmark(args.depth, args.dtypes.split(","), args.masks.split(","), args.runs, args.warmup, args.device)
 
     LOG.info("torch %s, %d threads, depth %d, batch %d, latent %dx%d, %d tokens; medians of %d runs",
              torch.__version__, torch.get_num_threads(), args.depth, BATCH, LATENT, LATENT, TOKENS, 2 * args.runs)
@@ -155,7 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  row["diffusers_err_vs_fp32"])
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                         "depth": args.depth, "results": results}, indent=2))
+                                         "depth": args.depth, "device": args.device, "results": results}, indent=2))
     return results
 
 

@@ -200,6 +200,7 @@ def small(api: dict, steps: int = 4) -> dict:
 @pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")), ids=lambda p: p.stem)
 def test_example_workflow_runs(server, path):
     api = small(json.loads(path.read_text()))
+    previews_before = len(server.events.previews)
     entry = run_workflow(server, api, timeout=600)
     images = saved_images(server, entry)
     assert len(images) == 1 and images[0].is_file(), entry["outputs"]
@@ -213,6 +214,7 @@ def test_example_workflow_runs(server, path):
     steps = int(4 * denoise)  # image-to-image runs the last denoise * steps steps
     assert [p["value"] for p in progress] == list(range(1, steps + 1)), progress
     assert {p["max"] for p in progress} == {steps}, progress
+    assert len(server.events.previews) - previews_before >= steps, "the sampler sent no latent previews"
 
 
 def test_interrupt_stops_a_long_pixart_run(server):

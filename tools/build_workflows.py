@@ -39,6 +39,8 @@ UI_SIZES: dict[str, list[int]] = {
     "LoadImage": [370, 330], "SaveImage": [340, 340],
 }
 TITLE_HEIGHT, COLUMN_GAP, ROW_GAP, MARGIN = 30, 60, 40, 40
+# Room left below a node for what the web extension adds after a run (the detected-variant box).
+GROWS_BY: dict[str, int] = {"AtelierModelLoader": 80}
 
 
 @dataclass
@@ -179,7 +181,7 @@ def _layout(nodes: list[Node]) -> dict[int, list[int]]:
         y = MARGIN + TITLE_HEIGHT
         for n in members:
             positions[n.id] = [x, y]
-            y += UI_SIZES[n.type][1] + TITLE_HEIGHT + ROW_GAP
+            y += UI_SIZES[n.type][1] + TITLE_HEIGHT + ROW_GAP + GROWS_BY.get(n.type, 0)
         x += max((UI_SIZES[n.type][0] for n in members), default=0) + COLUMN_GAP
     return positions
 
