@@ -104,6 +104,10 @@ def _make_tiny(args) -> int:
     from .tiny import default_tokenizer_dir, write_tiny_suite
 
     tok = Path(args.tokenizer) if args.tokenizer else default_tokenizer_dir()
+    if tok is None:
+        log.warning("no T5 tokenizer given (--tokenizer DIR with tokenizer.json or spiece.model, e.g. ComfyUI's "
+                    "comfy/text_encoders/t5_tokenizer): the pipelines/ folders and T5 folders with a tokenizer "
+                    "are not written")
     written = write_tiny_suite(Path(args.out_dir), tokenizer_dir=tok, seed=args.seed)
     for name, path in sorted(written.items()):
         print(f"{name}\t{path}")  # noqa: T201 - command output
