@@ -26,8 +26,8 @@ from pixart_core.pipeline import PixArtPipeline  # noqa: E402
 from pixart_core.pixart.config import PRESETS  # noqa: E402
 from pixart_core.pixart.tiny import random_official_state_dict, write_diffusers_folder  # noqa: E402
 from pixart_core.t5.config import T5Config  # noqa: E402
-from pixart_core.t5.tiny import _copy_tokenizer, _write_hf_folder, tiny_t5_state_dict  # noqa: E402
-from pixart_core.tiny import _SCHEDULERS, default_tokenizer_dir  # noqa: E402
+from pixart_core.t5.tiny import copy_tokenizer, write_hf_folder, tiny_t5_state_dict  # noqa: E402
+from pixart_core.tiny import SCHEDULER_CONFIGS, default_tokenizer_dir  # noqa: E402
 from pixart_core.checkpoint_io import write_json  # noqa: E402
 from pixart_core.vae.tiny import write_tiny_vaes  # noqa: E402
 
@@ -39,11 +39,11 @@ def build(folder: Path, tokenizer: Path) -> Path:
     write_diffusers_folder(random_official_state_dict(cfg, seed=0, pos_embed=False), cfg, folder / "transformer")
     t5 = T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=1024, num_layers=1, num_heads=64,
                   relative_attention_num_buckets=32, relative_attention_max_distance=128)
-    _write_hf_folder(folder / "text_encoder", t5, tiny_t5_state_dict(t5, seed=0))
-    _copy_tokenizer(tokenizer, folder / "tokenizer")
+    write_hf_folder(folder / "text_encoder", t5, tiny_t5_state_dict(t5, seed=0))
+    copy_tokenizer(tokenizer, folder / "tokenizer")
     vaes = write_tiny_vaes(folder / "_vaes")
     vaes["sdxl_diffusers"].rename(folder / "vae")
-    write_json({"_class_name": "DPMSolverMultistepScheduler", **_SCHEDULERS["DPMSolverMultistepScheduler"]},
+    write_json({"_class_name": "DPMSolverMultistepScheduler", **SCHEDULER_CONFIGS["DPMSolverMultistepScheduler"]},
                folder / "scheduler" / "scheduler_config.json")
     write_json({"_class_name": "PixArtSigmaPipeline", "_diffusers_version": "0.30.0",
                 "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],

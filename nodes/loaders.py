@@ -18,14 +18,6 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _MODEL_FOLDERS = ("diffusion_models", "checkpoints")
 
 
-def _auto_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
-
-
 def _model_names() -> list[str]:
     names: list[str] = []
     for kind in _MODEL_FOLDERS:
@@ -65,7 +57,7 @@ class AtelierModelLoader:
 
     def load(self, model_name, dtype="auto", variant="auto"):
         device = host.compute_device()
-        torch_dtype = _auto_dtype(device) if dtype == "auto" else _DTYPES[dtype]
+        torch_dtype = host.preferred_dtype(device) if dtype == "auto" else _DTYPES[dtype]
         path = _model_path(model_name)
         module = load_transformer(path, dtype=torch_dtype, device="cpu", variant=None if variant == "auto" else variant)
         detection = getattr(module, "detection", None)
@@ -104,7 +96,7 @@ class AtelierT5Loader:
         if dtype == "fp8_e4m3fn":
             compute, storage = (torch.bfloat16 if target.type == "cuda" else torch.float32), torch.float8_e4m3fn
         else:
-            compute = _auto_dtype(target) if dtype == "auto" else _DTYPES[dtype]
+            compute = host.preferred_dtype(target) if dtype == "auto" else _DTYPES[dtype]
         encoder = load_t5_encoder(path, dtype=compute, device="cpu", storage_dtype=storage)
         try:
             tokenizer = load_t5_tokenizer(path)

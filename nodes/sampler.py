@@ -40,12 +40,9 @@ def run_sampler(model, positive, negative, seed, steps, cfg, sampler_name, width
     device, dtype = param.device, param.dtype
     cond, cond_mask = positive.repeat_to(batch_size)  # [B, L, C], [B, L]
     neg, neg_mask = negative.repeat_to(batch_size)
-    resolution = aspect_ratio = None
-    if config.micro_condition:
-        resolution = torch.tensor([[lat_h * 8, lat_w * 8]], dtype=dtype, device=device).repeat(batch_size, 1)  # [B, 2]
-        aspect_ratio = torch.full((batch_size, 1), lat_h / lat_w, dtype=dtype, device=device)  # [B, 1]
+    # micro-conditions (α-1024-MS): the model takes the latent's size and ratio, as the reference pipelines do
     eps_fn = cfg_eps_fn(module, cond.to(device, dtype), cond_mask.to(device), neg.to(device, dtype),
-                        neg_mask.to(device), cfg, resolution=resolution, aspect_ratio=aspect_ratio)
+                        neg_mask.to(device), cfg)
 
     preview = host.preview_callback(model.latent_space, steps)
     bars = []  # created at the first step: image-to-image runs fewer steps than asked

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-
+from ..pixart_core.pipeline import encode_prompts
 from . import host
 from .types import CATEGORY, PIXART_CONDITIONING, PIXART_MODEL, PIXART_T5, PixArtConditioning
 
 
 def encode(t5, prompts: list[str], max_length: int) -> PixArtConditioning:
-    """Tokenize (lower-cased like the reference pipelines) and run T5; the result stays on the CPU."""
-    texts = [p.lower().strip() for p in prompts]
-    ids, mask = t5.tokenizer(texts, max_length=max_length)  # [N, L], [N, L]
-    with torch.inference_mode():
-        module = host.load_on_device(t5.handle)
-        device = next(module.parameters()).device
-        hidden = module(ids.to(device), mask.to(device))  # [N, L, C]
+    """T5 on ComfyUI's device (prompts prepared as the reference pipelines do); the result stays on the CPU."""
+    hidden, mask = encode_prompts(host.load_on_device(t5.handle), t5.tokenizer, prompts, max_length)  # [N, L, C]
     return PixArtConditioning(hidden.float().cpu(), mask.cpu(), list(prompts))
 
 

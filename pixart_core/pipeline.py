@@ -66,6 +66,16 @@ class PipelinePaths:
                    Path(tokenizer) if tokenizer is not None else text_encoder_path, part(vae, "vae"), lcm)
 
 
+@torch.inference_mode()
+def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 hidden states [B, L, C] and mask [B, L] (on T5's device) for prompts lower-cased and stripped as
+    diffusers' PixArt pipelines do (clean_caption=False), padded to `max_length` tokens."""
+    texts = [p.lower().strip() for p in prompts]
+    ids, mask = tokenizer(texts, max_length=max_length)  # [B, L], [B, L]
+    device = next(text_encoder.parameters()).device
+    return text_encoder(ids.to(device), mask.to(device)), mask.to(device)  # [B, L, C], [B, L]
+
+
 class PixArtPipeline:
     """PixArt DiT + T5 encoder + tokenizer + VAE.
 
@@ -110,13 +120,9 @@ class PixArtPipeline:
     def dtype(self) -> torch.dtype:
         return next(self.transformer.parameters()).dtype
 
-    @torch.inference_mode()
     def encode_prompt(self, prompts: Sequence[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """T5 hidden states [B, L, C] and mask [B, L] for prompts, lower-cased and stripped like diffusers."""
-        texts = [p.lower().strip() for p in prompts]
-        ids, mask = self.tokenizer(texts, max_length=max_length or self.max_sequence_length)  # [B, L], [B, L]
-        t5_device = next(self.text_encoder.parameters()).device
-        hidden = self.text_encoder(ids.to(t5_device), mask.to(t5_device))  # [B, L, C]
+        """T5 hidden states [B, L, C] and mask [B, L] on the transformer's device and dtype."""
+        hidden, mask = encode_prompts(self.text_encoder, self.tokenizer, prompts, max_length or self.max_sequence_length)
         return hidden.to(self.device, self.dtype), mask.to(self.device)
 
     def _size(self, height: int, width: int, binning: bool) -> tuple[int, int]:
@@ -180,12 +186,8 @@ class PixArtPipeline:
             init_latent = self.vae.encode(pixels.to(vae_device, vae_dtype)).to(self.device, self.dtype) * self.vae_scale_factor
 
         # 4. sampling
-        resolution = aspect_ratio = None
-        if config.micro_condition:
-            resolution = torch.tensor([[gen_h, gen_w]], dtype=self.dtype, device=self.device).repeat(batch, 1)  # [B, 2]
-            aspect_ratio = torch.full((batch, 1), gen_h / gen_w, dtype=self.dtype, device=self.device)  # [B, 1]
-        eps_fn = cfg_eps_fn(self.transformer, cond, cond_mask, uncond, uncond_mask, cfg,
-                            resolution=resolution, aspect_ratio=aspect_ratio)
+        # micro-conditions (α-1024-MS) = the binned size and its ratio: the model derives both from the latent
+        eps_fn = cfg_eps_fn(self.transformer, cond, cond_mask, uncond, uncond_mask, cfg)
         out = sample(eps_fn, noise, sampler=sampler, steps=steps, denoise=strength if image is not None else 1.0,
                      init_latent=init_latent, generator=generator, callback=callback, should_stop=should_stop)
         if output_type == "latent":

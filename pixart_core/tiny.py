@@ -21,7 +21,7 @@ from .pixart.tiny import write_tiny_transformers
 from .t5.tiny import TOKENIZER_FILES, write_tiny_t5
 from .vae.tiny import write_tiny_vaes
 
-_SCHEDULERS = {
+SCHEDULER_CONFIGS = {
     "DPMSolverMultistepScheduler": {
         "algorithm_type": "dpmsolver++", "beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001,
         "lower_order_final": True, "num_train_timesteps": 1000, "prediction_type": "epsilon",
@@ -78,7 +78,7 @@ def _write_pipeline(root: Path, transformer: Path, t5_folder: Path, vae: Path, p
     for item in t5_folder.iterdir():
         target = root / ("tokenizer" if item.name in TOKENIZER_FILES else "text_encoder") / item.name
         _copy(item, target)
-    write_json({"_class_name": scheduler, "_diffusers_version": "0.30.0", **_SCHEDULERS[scheduler]},
+    write_json({"_class_name": scheduler, "_diffusers_version": "0.30.0", **SCHEDULER_CONFIGS[scheduler]},
                root / "scheduler" / "scheduler_config.json")
     write_json({"_class_name": pipeline, "_diffusers_version": "0.30.0",
                 "scheduler": ["diffusers", scheduler], "text_encoder": ["transformers", "T5EncoderModel"],

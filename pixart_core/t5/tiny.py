@@ -56,7 +56,7 @@ def _is_linear(key: str) -> bool:
                          "wi_1.weight", "wo.weight"))
 
 
-def _copy_tokenizer(tokenizer_dir: Path | None, folder: Path) -> None:
+def copy_tokenizer(tokenizer_dir: Path | None, folder: Path) -> None:
     if tokenizer_dir is None:
         return
     for name in TOKENIZER_FILES:
@@ -67,7 +67,7 @@ def _copy_tokenizer(tokenizer_dir: Path | None, folder: Path) -> None:
             os.replace(tmp, folder / name)
 
 
-def _write_hf_folder(folder: Path, config: T5Config, state: dict[str, torch.Tensor]) -> Path:
+def write_hf_folder(folder: Path, config: T5Config, state: dict[str, torch.Tensor]) -> Path:
     write_json(config.to_dict(), folder / "config.json")
     save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"})
     return folder
@@ -128,16 +128,16 @@ def write_tiny_t5(out_dir: str | Path, tokenizer_dir: str | Path | None = None, 
     out = Path(out_dir)
     state = tiny_t5_state_dict(TINY_T5_CONFIG, seed)
     paths: dict[str, Path] = {}
-    paths["hf"] = _write_hf_folder(out / "t5_hf", TINY_T5_CONFIG, state)
-    _copy_tokenizer(tokenizer_dir, paths["hf"])
+    paths["hf"] = write_hf_folder(out / "t5_hf", TINY_T5_CONFIG, state)
+    copy_tokenizer(tokenizer_dir, paths["hf"])
     paths["hf_sharded"] = _write_sharded(out / "t5_hf_sharded", TINY_T5_CONFIG, state, bin_format=False)
     paths["hf_sharded_bin"] = _write_sharded(out / "t5_hf_sharded_bin", TINY_T5_CONFIG, state, bin_format=True)
 
     root = out / "t5_pipeline"
     write_json({"_class_name": "PixArtSigmaPipeline", "text_encoder": ["transformers", "T5EncoderModel"],
                 "tokenizer": ["transformers", "T5Tokenizer"]}, root / "model_index.json")
-    _write_hf_folder(root / "text_encoder", TINY_T5_CONFIG, state)
-    _copy_tokenizer(tokenizer_dir, root / "tokenizer")
+    write_hf_folder(root / "text_encoder", TINY_T5_CONFIG, state)
+    copy_tokenizer(tokenizer_dir, root / "tokenizer")
     paths["diffusers_root"] = root
 
     files = out / "text_encoders"
@@ -157,7 +157,7 @@ def write_tiny_t5(out_dir: str | Path, tokenizer_dir: str | Path | None = None, 
         paths[name] = files / filename
 
     state_v1_0 = tiny_t5_state_dict(TINY_T5_V1_0_CONFIG, seed + 1)
-    paths["hf_v1_0"] = _write_hf_folder(out / "t5_hf_v1_0", TINY_T5_V1_0_CONFIG, state_v1_0)
+    paths["hf_v1_0"] = write_hf_folder(out / "t5_hf_v1_0", TINY_T5_V1_0_CONFIG, state_v1_0)
     save_safetensors(state_v1_0, files / "t5_tiny_v1_0_fp32.safetensors")
     paths["comfy_v1_0"] = files / "t5_tiny_v1_0_fp32.safetensors"
     return paths
