@@ -66,9 +66,9 @@ def run_child(path: str, dtype_name: str) -> dict:
 
 def write_checkpoints(workdir: Path, depth: int) -> dict[str, Path]:
     """A full-width random Σ-1024 model with `depth` blocks in three layouts."""
-    from pixart_core.checkpoint_io import save_safetensors, save_torch
+    from pixart_core.testing.files import save_safetensors, save_torch
     from pixart_core.pixart.config import PRESETS
-    from pixart_core.pixart.tiny import random_official_state_dict, write_diffusers_folder
+    from pixart_core.testing.transformers import random_official_state_dict, write_diffusers_folder
 
     cfg = PRESETS["sigma-1024"].with_(depth=depth, has_null_caption=True)
     log.info("writing a %s checkpoint (depth %d) in three layouts under %s", cfg.variant, depth, workdir)

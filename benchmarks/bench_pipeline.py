@@ -5,6 +5,7 @@ T5 has width 4096 with one layer, the VAE is the tiny 4-level one (so the DiT do
 the same diffusers folder, get the same initial latents and run DPM-Solver++ 2M with CFG.
 
     python benchmarks/bench_pipeline.py [--size 512] [--steps 10] [--repeats 3] [--dtype fp32|bf16] [--json PATH]
+                                        [--tokenizer DIR]
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pixart_core.testing.files import write_json  # noqa: E402
 from pixart_core.pipeline import PixArtPipeline  # noqa: E402
 from pixart_core.pixart.config import PRESETS  # noqa: E402
-from pixart_core.pixart.tiny import random_official_state_dict, write_diffusers_folder  # noqa: E402
 from pixart_core.t5.config import T5Config  # noqa: E402
-from pixart_core.t5.tiny import copy_tokenizer, write_hf_folder, tiny_t5_state_dict  # noqa: E402
-from pixart_core.tiny import SCHEDULER_CONFIGS, default_tokenizer_dir  # noqa: E402
-from pixart_core.checkpoint_io import write_json  # noqa: E402
-from pixart_core.vae.tiny import write_tiny_vaes  # noqa: E402
+from pixart_core.testing.suite import SCHEDULER_CONFIGS  # noqa: E402
+from pixart_core.testing.t5 import copy_tokenizer, tiny_t5_state_dict, write_hf_folder  # noqa: E402
+from pixart_core.testing.transformers import random_official_state_dict, write_diffusers_folder  # noqa: E402
+from pixart_core.testing.vae import write_tiny_vaes  # noqa: E402
+
+# the T5 v1.1 tokenizer of a development checkout (../shared/testdata beside the repository)
+DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "t5_tokenizer"
 
 log = logging.getLogger("bench_pipeline")
 
@@ -69,12 +73,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--tokenizer", type=Path, default=default_tokenizer_dir())
+    parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER,
+                        help="T5 v1.1 tokenizer folder (tokenizer.json); default: %(default)s")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.tokenizer is None:
-        sys.exit("no T5 tokenizer: pass --tokenizer DIR (tokenizer.json of T5 v1.1)")
+    if not (args.tokenizer / "tokenizer.json").is_file():
+        sys.exit(f"--tokenizer {args.tokenizer}: no tokenizer.json there; pass a T5 v1.1 tokenizer folder")
     import diffusers
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]

@@ -1,4 +1,4 @@
-"""The node layer's only door into ComfyUI: model folders, devices, model management, progress, interruption.
+"""The node layer's only door into ComfyUI: model folders, devices, dtypes, model management, progress, interruption.
 
 Inside ComfyUI every function defers to the host (`folder_paths`, `comfy.model_management`, `comfy.utils`,
 `latent_preview`). Outside it (tests, scripts) each falls back to plain behaviour: model folders under
@@ -6,7 +6,8 @@ Inside ComfyUI every function defers to the host (`folder_paths`, `comfy.model_m
 
 ComfyUI modules are never imported at this module's top: the host is detected from `sys.modules`
 (ComfyUI imports `folder_paths` and `comfy.model_management` before it loads any custom node), so importing
-this file never initialises ComfyUI's device state by accident. pixart_core is imported only by `load_vae`.
+this file never initialises ComfyUI's device state by accident. Other node modules that need a ComfyUI object
+(e.g. `comfy.sd.VAE` in core_vae.py) get its module through `comfy_module`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from typing import Any, Callable
 
 import torch
 
+from ..pixart_core.checkpoint_io import WEIGHT_SUFFIXES
+from ..pixart_core.dtypes import default_dtype as _hardware_default_dtype
+from ..pixart_core.vae.config import LATENT_SPACES
+
 MODELS_ENV = "PIXART_ATELIER_MODELS"
-WEIGHT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 # Folder names under $PIXART_ATELIER_MODELS for each kind (ComfyUI's own defaults, legacy names included).
 FALLBACK_FOLDERS = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip")}
 # managed(kind=...) -> (load device, offload device) functions of comfy.model_management.
@@ -37,7 +41,6 @@ FOLDER_MODELS = {
     "diffusion_models": ("transformer2dmodel",),
     "checkpoints": ("transformer2dmodel",),
 }
-LATENT_FORMATS = {"sd15": "SD15", "sdxl": "SDXL"}  # our latent-space names -> comfy.latent_formats classes
 
 
 def in_comfyui() -> bool:
@@ -45,8 +48,8 @@ def in_comfyui() -> bool:
     return "folder_paths" in sys.modules and "comfy.model_management" in sys.modules
 
 
-def _host(module_name: str) -> Any:
-    """A ComfyUI module (only call when `in_comfyui()`)."""
+def comfy_module(module_name: str) -> Any:
+    """A ComfyUI module such as "comfy.sd" (only call when `in_comfyui()`)."""
     return importlib.import_module(module_name)
 
 
@@ -57,7 +60,7 @@ def model_folders(kind: str) -> list[Path]:
     """Folders searched for models of `kind` ("diffusion_models", "checkpoints", "text_encoders", "vae", ...)."""
     if in_comfyui():
         try:
-            return [Path(p) for p in _host("folder_paths").get_folder_paths(kind)]
+            return [Path(p) for p in comfy_module("folder_paths").get_folder_paths(kind)]
         except KeyError:  # a kind ComfyUI does not know
             return []
     base = os.environ.get(MODELS_ENV)
@@ -96,7 +99,7 @@ def list_models(kind: str) -> list[str]:
     if in_comfyui() and folders:  # the host's cached listing, with its extensions and filters
         model_dirs = _scan(folders, words)[1] if words else []
         inside = tuple(folder + os.sep for folder in model_dirs)
-        files = [f for f in _host("folder_paths").get_filename_list(kind) if not f.startswith(inside)]
+        files = [f for f in comfy_module("folder_paths").get_filename_list(kind) if not f.startswith(inside)]
     else:
         files, model_dirs = _scan(folders, words)
     return sorted(set(files) | set(model_dirs))
@@ -134,7 +137,7 @@ def devices_for(kind: str) -> tuple[torch.device, torch.device]:
     if kind not in DEVICE_FUNCTIONS:
         raise ValueError(f"unknown module kind '{kind}'; expected one of {sorted(DEVICE_FUNCTIONS)}")
     if in_comfyui():
-        mm = _host("comfy.model_management")
+        mm = comfy_module("comfy.model_management")
         load_fn, offload_fn = DEVICE_FUNCTIONS[kind]
         return getattr(mm, load_fn)(), getattr(mm, offload_fn)()
     return torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.device("cpu")
@@ -144,28 +147,27 @@ def compute_device() -> torch.device:
     return devices_for("diffusion")[0]
 
 
-def offload_device() -> torch.device:
-    return devices_for("diffusion")[1]
-
-
 def text_encoder_device() -> torch.device:
     return devices_for("text_encoder")[0]
 
 
-def preferred_dtype(
-    device: torch.device, allowed: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
-) -> torch.dtype:
-    """First dtype of `allowed` that `device` runs well (ComfyUI's should_use_fp16/bf16 in the host); else fp32."""
-    for dtype in allowed:
-        if dtype == torch.float32:
+def forced_dtype() -> torch.dtype | None:
+    """The dtype ComfyUI's command line forces on diffusion models (--force-fp32, --fp32-unet, --bf16-unet,
+    --fp16-unet, --force-fp16), or None."""
+    if not in_comfyui():
+        return None
+    args = comfy_module("comfy.cli_args").args
+    for flags, dtype in ((("force_fp32", "fp32_unet"), torch.float32), (("bf16_unet",), torch.bfloat16),
+                         (("fp16_unet", "force_fp16"), torch.float16)):
+        if any(getattr(args, flag, False) for flag in flags):
             return dtype
-        if in_comfyui():
-            mm = _host("comfy.model_management")
-            if (mm.should_use_fp16 if dtype == torch.float16 else mm.should_use_bf16)(device):
-                return dtype
-        elif device.type == "cuda" and (dtype == torch.float16 or torch.cuda.is_bf16_supported()):
-            return dtype
-    return torch.float32
+    return None
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of a model loaded with dtype "auto": ComfyUI's forced dtype if any, else pixart_core's one rule
+    (`pixart_core.dtypes.default_dtype`: bf16/fp16 on GPUs, bf16 on CPUs with native bf16, else fp32)."""
+    return forced_dtype() or _hardware_default_dtype(device)
 
 
 # ------------------------------------------------------------------------------------------ model management
@@ -190,7 +192,7 @@ class ManagedModule:
         self.load_device = torch.device(device) if device is not None else self.load_device
         self.patcher = None
         if in_comfyui():
-            patcher_class = _host("comfy.model_patcher").ModelPatcher
+            patcher_class = comfy_module("comfy.model_patcher").ModelPatcher
             self.patcher = patcher_class(AtelierModule(module, kind), self.load_device, self.offload_device)
 
 
@@ -211,68 +213,13 @@ def load_on_device(*handles: ManagedModule, memory_required: int = 0) -> Any:
     devices (ComfyUI's low-VRAM streaming only works for comfy.ops layers), so loading is always full.
     """
     if in_comfyui():
-        mm = _host("comfy.model_management")
+        mm = comfy_module("comfy.model_management")
         mm.load_models_gpu([h.patcher for h in handles], memory_required=memory_required, force_full_load=True)
     else:
         for handle in handles:
             handle.module.to(handle.load_device)
     modules = tuple(handle.module for handle in handles)
     return modules[0] if len(modules) == 1 else modules
-
-
-# ------------------------------------------------------------------------------------------------------- VAE
-
-
-class PlainVAE:
-    """pixart_core's AutoencoderKL behind comfy.sd.VAE's encode/decode contract (used outside ComfyUI)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.handle = managed(model, kind="vae")
-
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Images [B, H, W, C] in 0..1 (centre-cropped to multiples of 8) -> unscaled latents [B, 4, H/8, W/8]."""
-        model = load_on_device(self.handle)
-        top, left = pixels.shape[1] % 8 // 2, pixels.shape[2] % 8 // 2
-        pixels = pixels[:, top:top + pixels.shape[1] // 8 * 8, left:left + pixels.shape[2] // 8 * 8, :3]  # [B, H, W, 3]
-        images = pixels.movedim(-1, 1).to(model.device) * 2.0 - 1.0  # [B, 3, H, W] in -1..1
-        return model.encode(images).float().cpu()  # [B, 4, H/8, W/8]
-
-    @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Unscaled latents [B, 4, h, w] -> images [B, 8h, 8w, 3] in 0..1."""
-        model = load_on_device(self.handle)
-        images = model.decode(latent.to(model.device))  # [B, 3, H, W] in about -1..1
-        return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()  # [B, H, W, 3]
-
-
-def load_vae(path: Path) -> Any:
-    """Load an SD-1.x/SDXL VAE file or diffusers folder (anything pixart_core.vae.load_vae reads).
-
-    In ComfyUI: a real comfy.sd.VAE (core VAE nodes accept it), built from the weights as pixart_core read
-    them. Outside: a PlainVAE. Both: encode(images [B, H, W, C] 0..1) -> unscaled latents, decode(latents)
-    -> images [B, H, W, 3] 0..1.
-    """
-    from ..pixart_core.vae import load_vae as read_vae
-    from ..pixart_core.vae.convert import to_ldm_state_dict
-
-    model = read_vae(path)  # float32, CPU
-    if not in_comfyui():
-        return PlainVAE(model)
-    cfg, widths = model.config, list(model.config.block_out_channels)
-    if cfg.norm_num_groups != 32 or any(w % widths[0] for w in widths) or not cfg.use_quant_conv:
-        raise ValueError(f"{path}: ComfyUI's VAE cannot hold this layout (widths {widths}, "
-                         f"{cfg.norm_num_groups} norm groups, quant_conv {cfg.use_quant_conv})")
-    ddconfig = {"double_z": True, "z_channels": cfg.latent_channels, "resolution": 256, "in_channels": cfg.in_channels,
-                "out_ch": cfg.out_channels, "ch": widths[0], "ch_mult": [w // widths[0] for w in widths],
-                "num_res_blocks": cfg.layers_per_block, "attn_resolutions": [], "dropout": 0.0}
-    state = to_ldm_state_dict(model.state_dict(), len(widths))
-    del model
-    vae = _host("comfy.sd").VAE(sd=state, config={"params": {"embed_dim": cfg.latent_channels, "ddconfig": ddconfig}})
-    missing = sorted(set(vae.first_stage_model.state_dict()) - set(state))
-    if missing:
-        raise ValueError(f"{path}: ComfyUI's VAE has weights the file lacks: {missing[:5]}")
-    return vae
 
 
 # ---------------------------------------------------------------------------------- progress and interruption
@@ -285,7 +232,7 @@ class Progress:
         self.total = total
         self._bar: Any = None
         if in_comfyui():
-            self._bar = _host("comfy.utils").ProgressBar(total)
+            self._bar = comfy_module("comfy.utils").ProgressBar(total)
         else:
             try:
                 from tqdm.auto import tqdm
@@ -303,7 +250,7 @@ class Progress:
         if in_comfyui():
             preview = None
             if preview_image is not None:
-                preview = ("JPEG", preview_image, _host("latent_preview").MAX_PREVIEW_RESOLUTION)
+                preview = ("JPEG", preview_image, comfy_module("latent_preview").MAX_PREVIEW_RESOLUTION)
             self._bar.update_absolute(step, self.total, preview)
         else:
             self._bar.update(max(0, min(step, self.total) - self._bar.n))
@@ -315,19 +262,19 @@ def progress(total: int) -> Progress:
     return Progress(total)
 
 
-def preview_callback(latent_space: str, total_steps: int | None = None) -> Callable[..., Any] | None:
+def preview_callback(latent_space: str) -> Callable[..., Any] | None:
     """A function `(step, total, x, denoised) -> PIL image` for `Progress.update`, or None when previews are off
     (outside ComfyUI, or ComfyUI's `--preview-method none`).
 
     `denoised` [B, 4, h, w] is in the scaled latent space the DiT works in; only sample 0 is shown.
-    `latent_space` is "sd15" (PixArt-α, SD-1.x VAE) or "sdxl" (PixArt-Σ, SDXL VAE); `total_steps` is unused.
+    `latent_space` is a key of pixart_core's LATENT_SPACES: "sd15" (PixArt-α) or "sdxl" (PixArt-Σ).
     """
-    if latent_space not in LATENT_FORMATS:
-        raise ValueError(f"unknown latent space '{latent_space}'; expected one of {sorted(LATENT_FORMATS)}")
+    if latent_space not in LATENT_SPACES:
+        raise ValueError(f"unknown latent space '{latent_space}'; expected one of {sorted(LATENT_SPACES)}")
     if not in_comfyui():
         return None
-    latent_format = getattr(_host("comfy.latent_formats"), LATENT_FORMATS[latent_space])()
-    previewer = _host("latent_preview").get_previewer(compute_device(), latent_format)
+    latent_format = getattr(comfy_module("comfy.latent_formats"), LATENT_SPACES[latent_space].comfy_latent_format)()
+    previewer = comfy_module("latent_preview").get_previewer(compute_device(), latent_format)
     if previewer is None:
         return None
 
@@ -340,9 +287,9 @@ def preview_callback(latent_space: str, total_steps: int | None = None) -> Calla
 def check_interrupted() -> None:
     """Raise ComfyUI's InterruptProcessingException if the user cancelled (and clear the flag); no-op outside."""
     if in_comfyui():
-        _host("comfy.model_management").throw_exception_if_processing_interrupted()
+        comfy_module("comfy.model_management").throw_exception_if_processing_interrupted()
 
 
 def should_stop() -> bool:
     """True while a cancel is pending, without raising or clearing it; always False outside ComfyUI."""
-    return bool(in_comfyui() and _host("comfy.model_management").processing_interrupted())
+    return bool(in_comfyui() and comfy_module("comfy.model_management").processing_interrupted())

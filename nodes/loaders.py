@@ -6,15 +6,16 @@ import logging
 
 import torch
 
+from ..pixart_core.dtypes import DTYPES
 from ..pixart_core.pixart.config import PRESETS
 from ..pixart_core.pixart.load import load_transformer
 from ..pixart_core.t5 import load_t5_encoder, load_t5_tokenizer
 from . import host
-from .types import CATEGORY, PIXART_MODEL, PIXART_T5, PixArtModel, T5Encoder
+from .core_vae import load_core_vae
+from .types import CATEGORY, PIXART_MODEL, PIXART_T5, PixArtModel, PixArtT5
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _MODEL_FOLDERS = ("diffusion_models", "checkpoints")
 
 
@@ -49,15 +50,16 @@ class AtelierModelLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model_name": (_model_names(), {"tooltip": "PixArt weights in models/diffusion_models or models/checkpoints."}),
-            "dtype": (["auto", "fp32", "fp16", "bf16"], {"default": "auto",
-                      "tooltip": "Weight dtype; auto = bf16/fp16 on a GPU, fp32 on the CPU."}),
+            "dtype": (["auto", *DTYPES], {"default": "auto",
+                      "tooltip": "Weight dtype; auto = bf16 (fp16 on older GPUs) on a GPU; on the CPU bf16 when it "
+                                 "has native bf16 (AVX512-BF16/AMX), else fp32."}),
             "variant": (["auto"] + sorted(PRESETS), {"default": "auto",
                         "tooltip": "Override detection only when a file is detected wrongly."}),
         }}
 
     def load(self, model_name, dtype="auto", variant="auto"):
         device = host.compute_device()
-        torch_dtype = host.preferred_dtype(device) if dtype == "auto" else _DTYPES[dtype]
+        torch_dtype = host.default_dtype(device) if dtype == "auto" else DTYPES[dtype]
         path = _model_path(model_name)
         module = load_transformer(path, dtype=torch_dtype, device="cpu", variant=None if variant == "auto" else variant)
         detection = getattr(module, "detection", None)
@@ -82,9 +84,10 @@ class AtelierT5Loader:
     def INPUT_TYPES(cls):
         return {"required": {
             "t5_name": (host.list_models("text_encoders"), {"tooltip": "A t5xxl file or a T5 folder in models/text_encoders."}),
-            "dtype": (["auto", "fp32", "fp16", "bf16", "fp8_e4m3fn"], {"default": "auto",
+            "dtype": (["auto", *DTYPES, "fp8_e4m3fn"], {"default": "auto",
                       "tooltip": "Compute dtype; fp8_e4m3fn stores weights in 8 bits (half of fp16's memory) and "
-                                 "computes in bf16/fp32. auto = bf16 on a GPU, fp32 on the CPU."}),
+                                 "computes in the auto dtype. auto = bf16 (fp16 on older GPUs) on a GPU; on the "
+                                 "CPU bf16 when it has native bf16, else fp32."}),
             "device": (["auto", "cpu", "gpu"], {"default": "auto",
                        "tooltip": "Where T5 runs; cpu keeps it off the GPU entirely."}),
         }}
@@ -92,11 +95,8 @@ class AtelierT5Loader:
     def load(self, t5_name, dtype="auto", device="auto"):
         path = host.model_path("text_encoders", t5_name)
         target = torch.device("cpu") if device == "cpu" else host.text_encoder_device() if device == "auto" else host.compute_device()
-        storage = None
-        if dtype == "fp8_e4m3fn":
-            compute, storage = (torch.bfloat16 if target.type == "cuda" else torch.float32), torch.float8_e4m3fn
-        else:
-            compute = host.preferred_dtype(target) if dtype == "auto" else _DTYPES[dtype]
+        storage = torch.float8_e4m3fn if dtype == "fp8_e4m3fn" else None
+        compute = DTYPES[dtype] if dtype in DTYPES else host.default_dtype(target)
         encoder = load_t5_encoder(path, dtype=compute, device="cpu", storage_dtype=storage)
         try:
             tokenizer = load_t5_tokenizer(path)
@@ -106,7 +106,7 @@ class AtelierT5Loader:
                 raise
             tokenizer = load_t5_tokenizer(bundled)
         handle = host.managed(encoder, kind="text_encoder", device=target)
-        return (T5Encoder(handle, tokenizer, t5_name),)
+        return (PixArtT5(handle, tokenizer, t5_name),)
 
 
 class AtelierVAELoader:
@@ -127,4 +127,4 @@ class AtelierVAELoader:
         }}
 
     def load(self, vae_name):
-        return (host.load_vae(host.model_path("vae", vae_name)),)
+        return (load_core_vae(host.model_path("vae", vae_name)),)

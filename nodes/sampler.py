@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..pixart_core.sampling import DEFAULT_STEPS, SAMPLERS, SamplingInterrupted, cfg_eps_fn, sample
+from ..pixart_core.sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, SamplingInterrupted, cfg_eps_fn, sample,
+                                    sampler_spec)
 from . import host
 from .types import CATEGORY, PIXART_CONDITIONING, PIXART_MODEL
 
@@ -44,7 +45,7 @@ def run_sampler(model, positive, negative, seed, steps, cfg, sampler_name, width
     eps_fn = cfg_eps_fn(module, cond.to(device, dtype), cond_mask.to(device), neg.to(device, dtype),
                         neg_mask.to(device), cfg)
 
-    preview = host.preview_callback(model.latent_space, steps)
+    preview = host.preview_callback(model.latent_space)
     bars = []  # created at the first step: image-to-image runs fewer steps than asked
 
     def callback(step, total, x, denoised):
@@ -85,11 +86,12 @@ class AtelierSampler:
                 "negative": (PIXART_CONDITIONING, {"tooltip": "Negative prompt from PixArt T5 Text Encode."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Noise seed; the same seed gives the same image on any device."}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 1000,
-                                  "tooltip": "Sampling steps: 20 for DPM-Solver++, 25 SA-Solver, 4 LCM."}),
+                "steps": ("INT", {"default": DEFAULT_STEPS[DEFAULT_SAMPLER], "min": 1, "max": 1000,
+                                  "tooltip": "Sampling steps; usual: " + ", ".join(
+                                      f"{name} {steps}" for name, steps in DEFAULT_STEPS.items()) + "."}),
                 "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
                                   "tooltip": "Guidance scale; 1 or less turns CFG off (use that for LCM)."}),
-                "sampler_name": (list(SAMPLERS), {"default": "dpmpp_2m", "tooltip": "The sampling algorithm."}),
+                "sampler_name": (list(SAMPLERS), {"default": DEFAULT_SAMPLER, "tooltip": "The sampling algorithm."}),
                 "width": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16,
                                   "tooltip": "Image width in pixels (ignored when a latent is connected)."}),
                 "height": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16,
@@ -106,8 +108,7 @@ class AtelierSampler:
 
     def generate(self, model, positive, negative, seed, steps, cfg, sampler_name, width, height, batch_size,
                  denoise=1.0, latent=None):
-        if sampler_name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler_name!r}; choose one of {', '.join(SAMPLERS)}")
-        steps = steps or DEFAULT_STEPS[sampler_name]
+        spec = sampler_spec(sampler_name, "sampler_name")
+        steps = steps or spec.default_steps
         return (run_sampler(model, positive, negative, seed, steps, cfg, sampler_name, width, height, batch_size,
                             latent, denoise if latent is not None else 1.0),)

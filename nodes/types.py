@@ -29,16 +29,16 @@ class PixArtModel:
 
     @property
     def latent_space(self) -> str:
-        return "sd15" if self.config.family == "alpha" else "sdxl"
+        return self.config.latent_space
 
     @property
     def max_length(self) -> int:
-        return 120 if self.config.family == "alpha" else 300
+        return self.config.model_max_length
 
 
 @dataclass
-class T5Encoder:
-    """A loaded T5 encoder with its tokenizer and host handle."""
+class PixArtT5:
+    """What travels through a PIXART_T5 socket: a loaded T5 encoder's host handle, its tokenizer and file name."""
 
     handle: object
     tokenizer: object

@@ -7,15 +7,19 @@ import logging
 import sys
 from pathlib import Path
 
+from .dtypes import DTYPES, default_dtype, dtype_from_name
+from .sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, sampler_spec
+
 log = logging.getLogger("pixart_core")
 
-_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
-
-def _dtype(name: str):
-    import torch
-
-    return getattr(torch, _DTYPES[name])
+def _sampler_name(name: str) -> str:
+    """argparse type of --sampler: the library's one sampler check, its message as the usage error."""
+    try:
+        sampler_spec(name, "sampler")  # argparse prefixes "argument --sampler: "
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return name
 
 
 def _add_generate(sub) -> None:
@@ -30,16 +34,20 @@ def _add_generate(sub) -> None:
     p.add_argument("--out", required=True, help="output PNG path (batches add _1, _2, ...)")
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--steps", type=int, help="sampling steps (default: 20, LCM 4)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: " + ", ".join(
+        f"{name} {steps}" for name, steps in DEFAULT_STEPS.items()) + ")")
     p.add_argument("--cfg", type=float, help="guidance scale (default: 4.5, LCM 0)")
-    p.add_argument("--sampler", help="dpmpp_2m, sa_solver, euler, euler_ancestral, ddim or lcm")
+    p.add_argument("--sampler", type=_sampler_name, choices=SAMPLERS,
+                   help=f"sampling algorithm (default: {DEFAULT_SAMPLER}; lcm with --lcm or PixArt-δ LCM models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="images per prompt")
     p.add_argument("--no-binning", action="store_true", help="generate at the exact size, not the nearest bin")
     p.add_argument("--image", help="input image for image-to-image")
     p.add_argument("--strength", type=float, default=0.6, help="image-to-image denoise strength (0..1]")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="DiT dtype (default: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--t5-dtype", choices=sorted(_DTYPES), default=None, help="T5 dtype (default: as --dtype)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="model dtype (default: bf16 on CUDA where supported, else fp16; on the CPU bf16 with native "
+                        "bf16 arithmetic (AVX512-BF16/AMX), else fp32)")
+    p.add_argument("--t5-dtype", choices=sorted(DTYPES), default=None, help="T5 dtype (default: as --dtype)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--variant", help="override detection with a variant name (e.g. sigma-1024, alpha-512)")
     p.add_argument("--lcm", action="store_true", help="treat the model as PixArt-δ LCM (4 steps, no CFG)")
@@ -52,7 +60,7 @@ def _generate(args) -> int:
     from .pipeline import PixArtPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = _dtype(args.dtype) if args.dtype else (torch.float16 if device.startswith("cuda") else torch.float32)
+    dtype = dtype_from_name(args.dtype) if args.dtype else default_dtype(device)
     model = args.model
     if model is None:
         from .hub import fetch_default_model
@@ -60,7 +68,7 @@ def _generate(args) -> int:
         model = fetch_default_model()
     pipe = PixArtPipeline.from_pretrained(model, text_encoder=args.t5, tokenizer=args.tokenizer, vae=args.vae,
                                           dtype=dtype, device=device, variant=args.variant,
-                                          text_encoder_dtype=_dtype(args.t5_dtype) if args.t5_dtype else None,
+                                          text_encoder_dtype=dtype_from_name(args.t5_dtype) if args.t5_dtype else None,
                                           lcm=True if args.lcm else None)
     log.info("model: %s", getattr(pipe.transformer, "detection", None) and pipe.transformer.detection.summary())
     image = None
@@ -95,15 +103,22 @@ def _generate(args) -> int:
 def _add_make_tiny(sub) -> None:
     p = sub.add_parser("make-tiny", help="write tiny random-weight checkpoints in every supported layout")
     p.add_argument("out_dir")
-    p.add_argument("--tokenizer", help="T5 tokenizer folder to copy into the tiny T5 folders "
-                   "(default: ../shared/testdata/t5_tokenizer when present)")
+    p.add_argument("--tokenizer", help="T5 v1.1 tokenizer folder (tokenizer.json or spiece.model) to copy into the "
+                   "tiny T5 folders and pipelines, e.g. ComfyUI's comfy/text_encoders/t5_tokenizer")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _make_tiny(args) -> int:
-    from .tiny import default_tokenizer_dir, write_tiny_suite
+    try:
+        from .testing.suite import write_tiny_suite  # test fixtures: imported only by this command
+    except ModuleNotFoundError as err:  # the Comfy Registry package leaves the fixtures out (.comfyignore)
+        raise FileNotFoundError("make-tiny needs pixart_core/testing/, which this installation leaves out; "
+                                "run it from a git clone of the repository") from err
 
-    tok = Path(args.tokenizer) if args.tokenizer else default_tokenizer_dir()
+    tok = Path(args.tokenizer) if args.tokenizer else None
+    if tok is not None and not any((tok / name).is_file() for name in ("tokenizer.json", "spiece.model")):
+        raise FileNotFoundError(f"--tokenizer {tok}: no tokenizer.json or spiece.model there; "
+                                "pass a T5 v1.1 tokenizer folder")
     if tok is None:
         log.warning("no T5 tokenizer given (--tokenizer DIR with tokenizer.json or spiece.model, e.g. ComfyUI's "
                     "comfy/text_encoders/t5_tokenizer): the pipelines/ folders and T5 folders with a tokenizer "

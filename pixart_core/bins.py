@@ -10,14 +10,12 @@ Two families of tables are exposed:
   the official ``_TEST`` tables, 33 keys; ``ASPECT_RATIO_2048_BIN``, all 40 keys). Use these for parity with
   ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline(use_resolution_binning=True)``.
 * ``bins_for(sample_size, full=True)`` returns the full 40-key training tables (``ASPECT_RATIO_{256,...,2048}``
-  in the official ``diffusion/data/datasets/utils.py``), used by the official Σ inference script and by
-  ``resolution_choices`` (the UI dropdown).
+  in the official ``diffusion/data/datasets/utils.py``), used by the official Σ inference script.
 """
 
 from __future__ import annotations
 
 import numbers
-import re
 
 import torch
 import torch.nn.functional as F
@@ -129,33 +127,3 @@ def resize_and_crop(images: torch.Tensor, width: int, height: int) -> torch.Tens
     top = (resized_height - height) // 2
     left = (resized_width - width) // 2
     return resized[:, :, top : top + height, left : left + width]  # [B, C, height, width]
-
-
-_CHOICE_PATTERN = re.compile(r"^\s*(\d+)\s*[x×]\s*(\d+)\b")
-
-
-def resolution_choices(sample_size: int) -> list[str]:
-    """Dropdown labels "W x H (W/H:1)" for every training bin of the model (full 40-key tables).
-
-    Ordered from the tallest portrait to the widest landscape. Parse a label with `parse_resolution_choice`.
-    """
-    table = bins_for(sample_size, full=True)
-    sizes = sorted(table.values(), key=lambda hw: hw[1] / hw[0])
-    return [f"{width} x {height} ({width / height:.2f}:1)" for height, width in sizes]
-
-
-def default_resolution_choice(sample_size: int) -> str:
-    """The square label of `resolution_choices(sample_size)`, e.g. "1024 x 1024 (1.00:1)"."""
-    height, width = bins_for(sample_size, full=True)["1.0"]
-    return f"{width} x {height} ({width / height:.2f}:1)"
-
-
-def parse_resolution_choice(label: str) -> tuple[int, int]:
-    """(width, height) from a "W x H ..." label (also accepts "×")."""
-    match = _CHOICE_PATTERN.match(label) if isinstance(label, str) else None
-    if match is None:
-        raise ValueError(f"cannot read a resolution from {label!r}: expected a label like '1024 x 1024 (1.00:1)'")
-    width, height = int(match.group(1)), int(match.group(2))
-    if width <= 0 or height <= 0:
-        raise ValueError(f"resolution {label!r} has a zero side")
-    return width, height

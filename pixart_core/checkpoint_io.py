@@ -38,8 +38,10 @@ _SAFETENSORS_DTYPES = {
 SAFETENSORS_DTYPE_NAMES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
 _CHUNK_BYTES = 16 * 2**20  # scratch buffer of converting safetensors reads
 
-# Containers that wrap the real state dict inside official or training checkpoints, in priority order.
-_WRAPPER_KEYS = ("state_dict", "model", "module", "state_dict_ema", "ema")
+# Containers that wrap the real state dict inside official or training checkpoints, in priority order: a
+# training checkpoint holds both the raw weights and their exponential moving average, and the EMA weights are
+# the ones people sample with (PixArt-alpha `train_scripts/train.py` saves `state_dict` and `state_dict_ema`).
+_WRAPPER_KEYS = ("state_dict_ema", "ema", "state_dict", "model", "module")
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,8 @@ class _PickleFile:
     def __init__(self, path: Path):
         self.path = path
         self.metadata: dict = {}
+        self.container: str | None = None  # the wrapper key the tensors came from ("state_dict_ema", ...)
+        self.other_containers: tuple[str, ...] = ()  # further wrappers holding tensors, not used
         self._mapped = True
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -188,10 +192,11 @@ class _PickleFile:
 
     def _unwrap(self, obj) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict):
-            for key in _WRAPPER_KEYS:
-                inner = obj.get(key)
-                if isinstance(inner, dict) and inner and any(isinstance(v, torch.Tensor) for v in inner.values()):
-                    return {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+            found = [key for key in _WRAPPER_KEYS if isinstance(obj.get(key), dict) and obj[key]
+                     and any(isinstance(v, torch.Tensor) for v in obj[key].values())]
+            if found:
+                self.container, self.other_containers = found[0], tuple(found[1:])
+                return {k: v for k, v in obj[found[0]].items() if isinstance(v, torch.Tensor)}
             tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
             if tensors:
                 return tensors
@@ -293,6 +298,18 @@ class StateDictReader:
             self.metadata.update(handle.metadata)
 
     @property
+    def weights_note(self) -> str:
+        """Which weights a training checkpoint gave when it held a choice or EMA weights, e.g. "EMA weights
+        (state_dict_ema; state_dict not used)"; "" for plain and singly wrapped state dicts."""
+        for handle in self._files:
+            container = getattr(handle, "container", None) or ""
+            others = getattr(handle, "other_containers", ())
+            if "ema" in container or others:
+                kind = "EMA weights" if "ema" in container else "weights"
+                return f"{kind} ({container}" + (f"; {', '.join(others)} not used)" if others else ")")
+        return ""
+
+    @property
     def name(self) -> str:
         return str(self.paths[0].parent if len(self.paths) > 1 else self.paths[0])
 
@@ -356,40 +373,3 @@ def open_weights(path: Path | str, stems: tuple[str, ...] = ()) -> StateDictRead
     if path.is_dir():
         return StateDictReader(weight_files(path, stems))
     return StateDictReader(path)
-
-
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path | str, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (temp file in the same folder, then rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def save_torch(obj, path: Path | str) -> None:
-    """torch.save atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(data: dict, path: Path | str) -> None:
-    """Write JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -1,6 +1,6 @@
 """Text-to-image (and image-to-image) with PixArt-α/Σ/δ, called like diffusers' PixArt pipelines.
 
-Phases of `__call__`: 1. resolution binning  2. prompt encoding (T5, padded to 120/300 tokens with masks)
+Phases of `__call__`: 1. resolution binning  2. prompt encoding (T5, padded to the model's caption length, with masks)
 3. latents  4. sampling with classifier-free guidance (cond and uncond in one batch)  5. VAE decode and
 resize-and-crop back to the requested size.
 """
@@ -16,13 +16,13 @@ from typing import Callable, Sequence
 import torch
 
 from .bins import bins_for, closest_bin, resize_and_crop
-from .sampling import DEFAULT_STEPS, SAMPLERS, cfg_eps_fn, sample
+from .sampling import DEFAULT_SAMPLER, cfg_eps_fn, sample, sampler_spec
 
 log = logging.getLogger(__name__)
 
-#: Defaults of the official apps and diffusers: DPM-Solver++ 20 steps cfg 4.5; PixArt-δ LCM 4 steps no CFG.
-STANDARD_DEFAULTS = {"sampler": "dpmpp_2m", "steps": 20, "guidance_scale": 4.5}
-LCM_DEFAULTS = {"sampler": "lcm", "steps": 4, "guidance_scale": 0.0}
+#: Defaults of the official apps and diffusers: DPM-Solver++ cfg 4.5; PixArt-δ LCM no CFG (steps: the sampler table).
+STANDARD_DEFAULTS = {"sampler": DEFAULT_SAMPLER, "guidance_scale": 4.5}
+LCM_DEFAULTS = {"sampler": "lcm", "guidance_scale": 0.0}
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,8 @@ class PixArtPipeline:
     """PixArt DiT + T5 encoder + tokenizer + VAE.
 
     `__call__` mirrors diffusers' `PixArtAlphaPipeline`/`PixArtSigmaPipeline`: prompts are lower-cased and
-    stripped (diffusers with clean_caption=False), tokenized to 120 (α) or 300 (Σ) tokens, the negative prompt
-    gets its own mask, micro-conditions of α-1024-MS are the binned size and its exact ratio.
+    stripped (diffusers with clean_caption=False), tokenized to the model's caption length (α 120, Σ 300 tokens),
+    the negative prompt gets its own mask, micro-conditions of α-1024-MS are the binned size and its exact ratio.
     """
 
     def __init__(self, transformer, text_encoder, tokenizer, vae, *, vae_scale_factor: float | None = None,
@@ -92,7 +92,7 @@ class PixArtPipeline:
         self.vae = vae
         config = transformer.config
         self.vae_scale_factor = vae_scale_factor or getattr(vae, "scaling_factor", None) or config.vae_scale_factor
-        self.max_sequence_length = max_sequence_length or (120 if config.family == "alpha" else 300)
+        self.max_sequence_length = max_sequence_length or config.model_max_length
         self.defaults = dict(LCM_DEFAULTS if lcm else STANDARD_DEFAULTS)
 
     @classmethod
@@ -145,11 +145,10 @@ class PixArtPipeline:
                  callback: Callable | None = None, should_stop: Callable[[], bool] | None = None):
         """Generate images; output_type "pil" (list of PIL images), "pt" ([B,3,H,W] in 0..1), "latent"."""
         sampler = sampler or self.defaults["sampler"]
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        steps = num_inference_steps or (self.defaults["steps"] if sampler == self.defaults["sampler"] else DEFAULT_STEPS[sampler])
+        spec = sampler_spec(sampler)
+        steps = num_inference_steps or spec.default_steps
         cfg = self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        if sampler == "lcm" and guidance_scale is None:
+        if spec.distilled_guidance and guidance_scale is None:
             cfg = 0.0
 
         # 1. resolution binning

@@ -24,12 +24,12 @@ def _pack_module(submodule: str):
 
 
 def _compare_vaes(host, vae_name: str) -> dict:
-    """host.load_vae (a comfy.sd.VAE here) against pixart_core's own VAE on the same seeded inputs."""
+    """load_core_vae (a comfy.sd.VAE here) against pixart_core's own VAE on the same seeded inputs."""
     import torch
 
     read_vae = _pack_module("pixart_core.vae").load_vae
     path = host.model_path("vae", vae_name)
-    vae, core = host.load_vae(path), read_vae(path)
+    vae, core = _pack_module("nodes.core_vae").load_core_vae(path), read_vae(path)
     generator = torch.Generator().manual_seed(0)
     latent = torch.randn(1, 4, 3, 5, generator=generator)  # [B, 4, h, w] unscaled
     pixels = torch.rand(1, 24, 40, 3, generator=generator)  # [B, H, W, C] in 0..1
@@ -81,9 +81,9 @@ class AtelierHostProbe:
             "host_module": host.__name__,
             "in_comfyui": host.in_comfyui(),
             "compute_device": str(host.compute_device()),
-            "offload_device": str(host.offload_device()),
+            "offload_device": str(host.devices_for("diffusion")[1]),
             "text_encoder_device": str(host.text_encoder_device()),
-            "preferred_dtype": str(host.preferred_dtype(host.compute_device())),
+            "default_dtype": str(host.default_dtype(host.compute_device())),
             "tokenizer_dir": str(host.comfy_tokenizer_dir()),
             "models": {kind: host.list_models(kind) for kind in ("diffusion_models", "text_encoders", "vae")},
             "model_folders": [str(p) for p in host.model_folders("vae")],
@@ -97,7 +97,7 @@ class AtelierHostProbe:
         if report["models"]["text_encoders"]:
             report["text_encoder_path"] = str(host.model_path("text_encoders", report["models"]["text_encoders"][0]))
         bar = host.progress(steps)
-        preview = host.preview_callback(latent_space, steps)
+        preview = host.preview_callback(latent_space)
         report["previews_enabled"] = preview is not None
         denoised = torch.zeros(1, 4, 16, 32)  # [B, 4, h, w]: latent channel 0 only, so previews show its RGB factor
         denoised[:, 0] = 1.0

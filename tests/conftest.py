@@ -26,7 +26,7 @@ def t5_tokenizer_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_suite(tmp_path_factory, t5_tokenizer_dir) -> Path:
     """`python -m pixart_core make-tiny` output (transformers/, t5/, vae/, pipelines/, comfyui/models/)."""
-    from pixart_core.tiny import write_tiny_suite
+    from pixart_core.testing.suite import write_tiny_suite
 
     out = tmp_path_factory.mktemp("tiny")
     write_tiny_suite(out, tokenizer_dir=t5_tokenizer_dir)

@@ -126,31 +126,3 @@ def test_resize_and_crop_rejects_bad_shapes():
         bins.resize_and_crop(torch.rand(3, 8, 8), 8, 8)
     with pytest.raises(ValueError, match="empty"):
         bins.resize_and_crop(torch.rand(1, 3, 0, 8), 8, 8)
-
-
-@pytest.mark.parametrize("sample_size", [32, 64, 128, 256])
-def test_resolution_choices_round_trip(sample_size):
-    labels = bins.resolution_choices(sample_size)
-    full = bins.bins_for(sample_size, full=True)
-    assert len(labels) == len(set(labels)) == 40
-    parsed = [bins.parse_resolution_choice(label) for label in labels]
-    assert sorted((h, w) for w, h in parsed) == sorted(full.values())
-    ratios = [w / h for w, h in parsed]
-    assert ratios == sorted(ratios)  # tall portrait first, wide landscape last
-    assert bins.default_resolution_choice(sample_size) in labels
-    square = bins.parse_resolution_choice(bins.default_resolution_choice(sample_size))
-    assert square[0] == square[1] == sample_size * 8
-
-
-def test_resolution_label_format():
-    labels = bins.resolution_choices(128)
-    assert "1344 x 768 (1.75:1)" in labels
-    assert "768 x 1344 (0.57:1)" in labels
-    assert bins.parse_resolution_choice("1344 x 768 (1.75:1)") == (1344, 768)
-    assert bins.parse_resolution_choice("896×1152") == (896, 1152)
-
-
-@pytest.mark.parametrize("label", ["", "square", "x 768", "0 x 512", None])
-def test_parse_resolution_choice_rejects_garbage(label):
-    with pytest.raises(ValueError):
-        bins.parse_resolution_choice(label)

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from pixart_core.__main__ import main
+from pixart_core.pipeline import PixArtPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +26,12 @@ def test_generate_from_a_pipeline_folder_in_a_subprocess(tiny_suite, tmp_path):
     assert "PixArt-Σ 256" in result.stderr and "wrote" in result.stderr
     with Image.open(out) as image:
         assert image.size == (384, 256) and image.format == "PNG"
+        written = np.asarray(image.convert("RGB"), dtype=np.int16)  # [H, W, 3]
+    # the library, same model, prompt, size, steps and the CLI's default seed 0: the same picture
+    pipe = PixArtPipeline.from_pretrained(tiny_suite / "pipelines" / "sigma-256")
+    (reference,) = pipe("a fox", height=256, width=384, num_inference_steps=3, seed=0)
+    expected = np.asarray(reference, dtype=np.int16)  # [H, W, 3]
+    assert np.abs(written - expected).max() <= 1  # one 8-bit level: float rounding across processes
 
 
 def test_generate_from_separate_files_with_batch_and_lcm(tiny_suite, tmp_path):

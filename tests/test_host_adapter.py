@@ -61,15 +61,23 @@ def test_devices(host):
     expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert host.compute_device() == expected
     assert host.text_encoder_device() == expected
-    assert host.offload_device() == torch.device("cpu")
     assert host.devices_for("vae") == (expected, torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown module kind"):
         host.devices_for("unet")
 
 
-def test_preferred_dtype_on_cpu_is_fp32(host):
-    assert host.preferred_dtype(torch.device("cpu")) == torch.float32
-    assert host.preferred_dtype(torch.device("cpu"), allowed=(torch.float16,)) == torch.float32
+def test_default_dtype_follows_the_hardware_outside_comfyui(host, monkeypatch):
+    from pixart_atelier.pixart_core import dtypes
+
+    assert host.forced_dtype() is None
+    monkeypatch.setattr(dtypes, "cpu_has_native_bf16", lambda: False)
+    assert host.default_dtype(torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(dtypes, "cpu_has_native_bf16", lambda: True)
+    assert host.default_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert host.default_dtype(torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert host.default_dtype(torch.device("cuda")) == torch.bfloat16
 
 
 def test_nothing_listed_without_models_folder(host):
@@ -118,24 +126,25 @@ def test_progress_and_interruption_are_plain(host):
     bar = host.progress(3)
     for step in range(1, 4):
         bar.update(step, preview_image=object())  # previews are ignored outside the host
-    assert host.preview_callback("sdxl", 2) is None  # no previews outside the host
+    assert host.preview_callback("sdxl") is None  # no previews outside the host
     with pytest.raises(ValueError, match="latent space"):
-        host.preview_callback("flux", 2)
+        host.preview_callback("flux")
     host.check_interrupted()
     assert host.should_stop() is False
 
 
 def test_plain_vae_matches_pixart_core(host, pack, tmp_path):
-    """Outside ComfyUI load_vae gives pixart_core's VAE behind comfy.sd.VAE's encode/decode contract."""
-    from pixart_atelier.pixart_core.checkpoint_io import save_safetensors, write_json
+    """Outside ComfyUI load_core_vae gives pixart_core's VAE behind comfy.sd.VAE's encode/decode contract."""
+    from pixart_atelier.nodes.core_vae import load_core_vae
+    from pixart_atelier.pixart_core.testing.files import save_safetensors, write_json
     from pixart_atelier.pixart_core.vae import load_vae as read_vae
-    from pixart_atelier.pixart_core.vae.tiny import random_vae_state_dict, tiny_vae_config
+    from pixart_atelier.pixart_core.testing.vae import random_vae_state_dict, tiny_vae_config
 
     cfg = tiny_vae_config()
     folder = tmp_path / "tiny_vae"
     write_json(cfg.to_diffusers(), folder / "config.json")
     save_safetensors(random_vae_state_dict(cfg, seed=0), folder / "diffusion_pytorch_model.safetensors")
-    vae, core = host.load_vae(folder), read_vae(folder)
+    vae, core = load_core_vae(folder), read_vae(folder)
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, 19, 29, 3, generator=generator)  # [B, H, W, C], centre-cropped to 16x24 by encode
     latent = vae.encode(pixels)  # [B, 4, 2, 3]

@@ -16,6 +16,8 @@ if not os.environ.get("COMFYUI_ROOT"):
         allow_module_level=True,
     )
 
+from pixart_core.dtypes import default_dtype
+
 from comfy_server import PACK_FOLDER_NAME, ComfyServer, read_image, run_workflow, saved_images, status_messages
 
 pytestmark = pytest.mark.host
@@ -33,11 +35,11 @@ def write_workflow_models(base: Path, tokenizer_dir: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from pixart_atelier.pixart_core.checkpoint_io import save_safetensors
-    from pixart_atelier.pixart_core.tiny import write_tiny_suite
+    from pixart_atelier.pixart_core.testing.files import save_safetensors
+    from pixart_atelier.pixart_core.testing.suite import write_tiny_suite
     from pixart_atelier.pixart_core.vae.config import VAEConfig
     from pixart_atelier.pixart_core.vae.convert import to_ldm_state_dict
-    from pixart_atelier.pixart_core.vae.tiny import random_vae_state_dict
+    from pixart_atelier.pixart_core.testing.vae import random_vae_state_dict
 
     suite = base / "tiny"
     write_tiny_suite(suite, tokenizer_dir=None)
@@ -59,7 +61,7 @@ def write_workflow_models(base: Path, tokenizer_dir: Path) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, pack, t5_tokenizer_dir):
-    from pixart_atelier.pixart_core.vae.tiny import write_tiny_vaes
+    from pixart_atelier.pixart_core.testing.vae import write_tiny_vaes
 
     base = tmp_path_factory.mktemp("comfyui")
     write_workflow_models(base, t5_tokenizer_dir)
@@ -124,7 +126,7 @@ def test_host_adapter_inside_comfyui(server):
     assert report["in_comfyui"] is True
     assert report["host_module"].endswith(f"{PACK_FOLDER_NAME}.nodes.host")
     assert report["compute_device"] == "cpu" and report["offload_device"] == "cpu"  # the server runs --cpu
-    assert report["preferred_dtype"] == "torch.float32"
+    assert report["default_dtype"] == str(default_dtype("cpu"))  # no --force-* flag: the CPU's own default
     assert Path(report["tokenizer_dir"]).name == "t5_tokenizer"
     assert (Path(report["tokenizer_dir"]) / "tokenizer.json").is_file()
     assert "t5-test" in report["models"]["text_encoders"]

@@ -59,6 +59,17 @@ def test_model_loader_reports_detected_variant(nodes):
         assert out["ui"]["text"] == [summary]
         assert model.config.family == family and model.config.micro_condition == micro
         assert model.max_length == tokens and ("Σ" if family == "sigma" else "α") in summary
+    # the node's model is the library's: same detection, same weights
+    from pixart_atelier.nodes import host
+    from pixart_atelier.pixart_core.pixart.load import load_transformer
+
+    path = host.model_path("diffusion_models", "PixArt-Sigma-XL-2-1024-MS.pth")
+    model, summary = loader.load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
+    reference = load_transformer(path, dtype=torch.float32)
+    assert summary == reference.detection.summary() and model.config == reference.config
+    ours = model.handle.module.state_dict()
+    assert ours.keys() == reference.state_dict().keys()
+    assert all(torch.equal(ours[k], v) for k, v in reference.state_dict().items())
     with pytest.raises(FileNotFoundError, match="models/diffusion_models"):
         loader.load("missing.pth")
 
@@ -71,6 +82,15 @@ def test_text_encode_pads_to_model_tokens(nodes, sigma):
     pos, _ = nodes["AtelierT5TextEncode"]().encode(t5, alpha, "a red fox in snow", "")
     assert pos.hidden.shape == (1, 120, 32)
     torch.testing.assert_close(pos.hidden[:, :10], positive.hidden[:, :10])  # lower-cased like the reference
+    # the node's conditioning is the library's encode_prompts on the same T5 file
+    from pixart_atelier.nodes import host
+    from pixart_atelier.pixart_core.pipeline import encode_prompts
+    from pixart_atelier.pixart_core.t5 import load_t5_encoder
+
+    encoder = load_t5_encoder(host.model_path("text_encoders", "t5xxl_fp16.safetensors"), dtype=torch.float32)
+    hidden, mask = encode_prompts(encoder, t5.tokenizer, ["A Red Fox in snow", ""], 300)  # [2, 300, C], [2, 300]
+    assert torch.equal(positive.hidden, hidden[:1]) and torch.equal(positive.mask, mask[:1])
+    assert torch.equal(negative.hidden, hidden[1:]) and torch.equal(negative.mask, mask[1:])
 
 
 def test_t5_loader_lists_files_and_folders(nodes):
@@ -132,8 +152,19 @@ def test_vae_decode_encode_and_image_to_image(nodes, sigma):
     (latent,) = nodes["AtelierSampler"]().generate(model, positive, negative, 3, 2, 4.5, "dpmpp_2m", 64, 64, 1)
     (image,) = nodes["AtelierVAEDecode"]().decode(latent, vae)
     assert image.shape == (1, 64, 64, 3) and 0 <= float(image.min()) and float(image.max()) <= 1
-    (encoded,) = nodes["AtelierVAEEncode"]().encode(torch.rand(1, 70, 90, 3), vae)
+    pixels = torch.rand(1, 70, 90, 3, generator=torch.Generator().manual_seed(0))  # [B, H, W, C]
+    (encoded,) = nodes["AtelierVAEEncode"]().encode(pixels, vae)
     assert encoded["samples"].shape == (1, 4, 8, 10)  # cropped to 64x80
+    # both nodes equal the library's VAE on the same file (images in 0..1 <-> -1..1, centre crop 3/5 px)
+    from pixart_atelier.nodes import host
+    from pixart_atelier.pixart_core.vae import load_vae
+
+    core = load_vae(host.model_path("vae", "sdxl_vae.safetensors"))
+    with torch.no_grad():
+        decoded = ((core.decode(latent["samples"]) + 1) / 2).clamp(0, 1).movedim(1, -1)  # [1, 64, 64, 3]
+        latent_ref = core.encode(pixels[:, 3:67, 5:85].movedim(-1, 1) * 2 - 1)  # [1, 4, 8, 10]
+    torch.testing.assert_close(image, decoded, atol=1e-6, rtol=0)
+    torch.testing.assert_close(encoded["samples"], latent_ref, atol=1e-6, rtol=0)
     (img2img,) = nodes["AtelierSampler"]().generate(model, positive, negative, 3, 4, 4.5, "dpmpp_2m", 1024, 1024,
                                                     1, denoise=0.5, latent=encoded)
     assert img2img["samples"].shape == (1, 4, 8, 10)

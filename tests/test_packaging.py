@@ -47,3 +47,33 @@ def test_core_library_never_imports_comfyui():
     for path in (ROOT / "pixart_core").rglob("*.py"):
         text = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+(comfy|folder_paths|nodes|diffusers|transformers)\b", text, re.M), path
+
+
+# distribution name in requirements.txt -> the module runtime code imports
+_IMPORT_NAMES = {"pillow": "PIL"}
+
+
+def _runtime_imports() -> set[str]:
+    """Top-level module names imported anywhere (module level or inside functions) by the shipped code."""
+    import ast
+
+    found: set[str] = set()
+    files = [ROOT / "__init__.py", *(ROOT / "pixart_core").rglob("*.py"), *(ROOT / "nodes").rglob("*.py")]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_every_runtime_dependency_is_imported_and_every_import_is_a_dependency():
+    imported = _runtime_imports()
+    names = [re.split(r"[<>=!~ ;\[]", req, maxsplit=1)[0].lower() for req in _requirements()]
+    modules = {_IMPORT_NAMES.get(name, name) for name in names}
+    unused = sorted(modules - imported)
+    assert not unused, f"requirements.txt lists packages no runtime code imports: {unused}"
+    host_provided = {"torch", "comfy", "folder_paths", "latent_preview"}  # ComfyUI owns these
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in host_provided}
+    assert third_party <= modules, f"imported but not in requirements.txt: {sorted(third_party - modules)}"

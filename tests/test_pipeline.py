@@ -63,13 +63,14 @@ def test_separate_paths_and_image_to_image(tiny_suite):
     pipe = PixArtPipeline.from_pretrained(tiny_suite / "transformers" / "sigma-256.pth", text_encoder=t5,
                                           vae=tiny_suite / "vae" / "sdxl_ldm.safetensors")
     assert pipe.max_sequence_length == 300 and pipe.vae_scale_factor == pytest.approx(0.13025)
-    image = torch.rand(1, 3, 256, 256)
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))  # [1, 3, H, W]
     near = pipe("a cat", height=256, width=256, num_inference_steps=10, seed=0, image=image, strength=0.2,
-                output_type="pt")
+                output_type="latent")  # [1, 4, 32, 32]
     far = pipe("a cat", height=256, width=256, num_inference_steps=10, seed=0, image=image, strength=1.0,
-               output_type="pt")
-    decoded = pipe.decode(pipe.vae.encode(image * 2 - 1) * pipe.vae_scale_factor).div(2).add(0.5).clamp(0, 1)
-    assert (near - decoded).abs().mean() < (far - decoded).abs().mean()
+               output_type="latent")  # [1, 4, 32, 32]
+    encoded = pipe.vae.encode(image * 2 - 1) * pipe.vae_scale_factor  # [1, 4, 32, 32]
+    # compared as latents: the random tiny models' images saturate, so pixels cannot tell near from far
+    assert (near - encoded).abs().mean() < 0.1 * (far - encoded).abs().mean()
 
 
 def test_missing_parts_are_named(tiny_suite):

@@ -16,8 +16,36 @@ from pixart_core.pixart.config import PRESETS
 from pixart_core.pixart.convert import diffusers_to_official, official_to_diffusers
 from pixart_core.pixart.detect import detect
 from pixart_core.pixart.load import inspect_transformer, load_transformer
-from pixart_core.pixart.tiny import (TINY_CHECKPOINTS, diffusers_config_json, official_shapes, tiny_config,
-                                     tiny_variant, write_tiny_transformers)
+from pixart_core.testing.transformers import (TINY_HEAD_DIM, TINY_TRANSFORMER_NAMES, diffusers_config_json,
+                                              official_shapes, tiny_transformer_config, tiny_variant,
+                                              write_tiny_transformers)
+
+#: tiny checkpoint name -> (expected PixArtConfig.variant, expected Detection.layout, expected key prefix)
+TINY_CHECKPOINTS: dict[str, tuple[str, str, str]] = {
+    "alpha-256.pth": ("alpha-256-d2", "official", ""),
+    "alpha-512.pth": ("alpha-512-d2", "official", ""),
+    "alpha-1024-ms.pth": ("alpha-1024-ms-d2", "official", ""),
+    "alpha-1024-ms.safetensors": ("alpha-1024-ms-d2", "official", ""),
+    "alpha-1024-ms-module.pth": ("alpha-1024-ms-d2", "official", "module."),
+    "alpha-1024-ms-diffusers": ("alpha-1024-ms-d2", "diffusers", ""),
+    "alpha-1024-ms-controlnet.pth": ("alpha-1024-ms-d2", "controlnet-official", "base_model."),
+    "sigma-256.pth": ("sigma-256-d2", "official", ""),
+    "sigma-512.pth": ("sigma-512-d2", "official", ""),
+    "sigma-1024.pth": ("sigma-1024-d2", "official", ""),
+    "sigma-2k.pth": ("sigma-2k-d2", "official", ""),
+    "sigma-1024.safetensors": ("sigma-1024-d2", "official", ""),
+    "sigma-512-net.safetensors": ("sigma-512-d2", "official", "net."),
+    "sigma-1024-model.safetensors": ("sigma-1024-d2", "official", "model."),
+    "sigma-256-diffusers": ("sigma-256-d2", "diffusers", ""),
+    "sigma-1024-diffusers": ("sigma-1024-d2", "diffusers", ""),
+    "sigma-1024-diffusers-sharded": ("sigma-1024-d2", "diffusers", ""),
+    "sigma-2k-diffusers": ("sigma-2k-d2", "diffusers", ""),
+    "sigma-1024-diffusers-single.safetensors": ("sigma-1024-d2", "diffusers", ""),
+    "sigma-1024-transformer-prefix.safetensors": ("sigma-1024-d2", "diffusers", "transformer."),
+    "sigma-1024-comfy-diffusers.safetensors": ("sigma-1024-d2", "diffusers", "model.diffusion_model."),
+    "sigma-1024-comfy-checkpoint.safetensors": ("sigma-1024-d2", "official", "model.diffusion_model."),
+    "sigma-1024-900m.safetensors": ("sigma-1024-900m", "official", ""),
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,30 +80,37 @@ def test_tiny_layout_loads_and_is_detected(tiny, name):
     model = load_transformer(tiny[name])
     det, cfg = model.detection, model.detection.config
     assert (cfg.variant, det.layout, det.prefix) == (variant, layout, prefix)
-    want = tiny_config(tiny_variant(name))
+    want = tiny_transformer_config(tiny_variant(name))
     for field in ("hidden_size", "num_heads", "depth", "caption_channels", "sample_size", "pe_interpolation",
                   "micro_condition", "family", "model_max_length", "in_channels", "out_channels"):
         assert getattr(cfg, field) == getattr(want, field), field
     # diffusers Σ files carry no null caption (as on the HF hub); α-1024-MS diffusers keeps it, as the HF file
     assert cfg.has_null_caption == (layout != "diffusers" or cfg.micro_condition)
     assert sum(p.numel() for p in model.parameters()) > 0
+    assert cfg.head_dim == TINY_HEAD_DIM
+    if layout != "diffusers":  # no config.json: the released head size gives the heads, as for real files
+        assert any("head size 72" in line for line in det.evidence)
+
+
+def test_the_tiny_writer_writes_exactly_the_expected_checkpoints(tiny):
+    assert set(TINY_TRANSFORMER_NAMES) == set(TINY_CHECKPOINTS) == set(tiny)
 
 
 @pytest.mark.parametrize("name, summary", [
-    ("sigma-1024-diffusers", "PixArt-Σ 1024 (depth 2, width 48x3 heads, 300 tokens, PE x2, no micro-conditions; "
+    ("sigma-1024-diffusers", "PixArt-Σ 1024 (depth 2, width 144x2 heads, 300 tokens, PE x2, no micro-conditions; "
                              "diffusers layout)"),
-    ("alpha-1024-ms.pth", "PixArt-α 1024-MS (depth 2, width 48x3 heads, 120 tokens, PE x2, micro-conditions; "
+    ("alpha-1024-ms.pth", "PixArt-α 1024-MS (depth 2, width 144x2 heads, 120 tokens, PE x2, micro-conditions; "
                           "official layout)"),
-    ("sigma-2k.pth", "PixArt-Σ 2K (depth 2, width 48x3 heads, 300 tokens, PE x4, no micro-conditions; "
+    ("sigma-2k.pth", "PixArt-Σ 2K (depth 2, width 144x2 heads, 300 tokens, PE x4, no micro-conditions; "
                      "official layout)"),
-    ("sigma-256-diffusers", "PixArt-Σ 256 (depth 2, width 48x3 heads, 300 tokens, PE x0.5, no micro-conditions; "
+    ("sigma-256-diffusers", "PixArt-Σ 256 (depth 2, width 144x2 heads, 300 tokens, PE x0.5, no micro-conditions; "
                             "diffusers layout)"),
-    ("alpha-1024-ms-controlnet.pth", "PixArt-α 1024-MS (depth 2, width 48x3 heads, 120 tokens, PE x2, "
+    ("alpha-1024-ms-controlnet.pth", "PixArt-α 1024-MS (depth 2, width 144x2 heads, 120 tokens, PE x2, "
                                      "micro-conditions; ControlNet official layout, base model only)"),
     ("sigma-1024-comfy-checkpoint.safetensors",
-     "PixArt-Σ 1024 (depth 2, width 48x3 heads, 300 tokens, PE x2, no micro-conditions; "
+     "PixArt-Σ 1024 (depth 2, width 144x2 heads, 300 tokens, PE x2, no micro-conditions; "
      "official layout, prefix 'model.diffusion_model.')"),
-    ("sigma-1024-900m.safetensors", "PixArt-Σ 1024 (depth 42, width 48x3 heads, 300 tokens, PE x2, "
+    ("sigma-1024-900m.safetensors", "PixArt-Σ 1024 (depth 42, width 144x2 heads, 300 tokens, PE x2, "
                                     "no micro-conditions; official layout)"),
 ])
 def test_summary_text(tiny, name, summary, caplog):
@@ -214,7 +249,7 @@ def test_diffusers_reads_the_tiny_folders_like_we_do(tiny):
 def test_variant_override(tiny):
     model = load_transformer(tiny["sigma-1024-diffusers-single.safetensors"], variant="sigma-2k")
     cfg = model.detection.config
-    assert (cfg.variant, cfg.sample_size, cfg.pe_interpolation, cfg.hidden_size) == ("sigma-2k-d2", 256, 4.0, 48)
+    assert (cfg.variant, cfg.sample_size, cfg.pe_interpolation, cfg.hidden_size) == ("sigma-2k-d2", 256, 4.0, 144)
     assert "variant 'sigma-2k' chosen by the caller" in model.detection.evidence[-1]
     alpha = load_transformer(tiny["sigma-1024-diffusers-single.safetensors"], variant="alpha-512")
     assert (alpha.detection.config.family, alpha.detection.config.model_max_length) == ("alpha", 120)
@@ -237,7 +272,7 @@ def test_wrong_variant_override_errors(tiny, name, variant, message):
 
 
 def test_explicit_config(tiny, inputs):
-    cfg = tiny_config("sigma-1024").with_(has_null_caption=False)
+    cfg = tiny_transformer_config("sigma-1024").with_(has_null_caption=False)
     model = load_transformer(tiny["sigma-1024.pth"], config=cfg)
     assert model.config == cfg and "y_embedder.y_embedding" not in model.state_dict()
     with pytest.raises(CheckpointError, match="wrong shapes"):
@@ -277,7 +312,7 @@ def _bad_files(tiny, folder):
                 "missing 'blocks.1.mlp.fc2.weight'")
     safetensors("extra-key.safetensors", {**state, "blocks.0.attn.extra.weight": small},
                 "unexpected 'blocks.0.attn.extra.weight'")
-    safetensors("wrong-shape.safetensors", {**state, "t_embedder.mlp.2.weight": torch.zeros(48, 40)},
+    safetensors("wrong-shape.safetensors", {**state, "t_embedder.mlp.2.weight": torch.zeros(144, 40)},
                 "wrong shapes 't_embedder.mlp.2.weight'")
     safetensors("missing-block.safetensors", {k: v for k, v in state.items() if not k.startswith("blocks.0.")},
                 "blocks [0] are missing")

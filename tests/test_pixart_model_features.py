@@ -19,7 +19,8 @@ from pixart_core.pixart.model import PixArtTransformer
 HIDDEN, HEADS, CAPTION, TOKENS = 24, 3, 16, 10
 
 
-def tiny_config(**changes) -> PixArtConfig:
+def small_config(**changes) -> PixArtConfig:
+    """A small hand-made config (width 24 = 3 heads x 8, 10 caption tokens) with `changes` applied."""
     base = dict(hidden_size=HIDDEN, depth=2, num_heads=HEADS, caption_channels=CAPTION, model_max_length=TOKENS,
                 sample_size=16, pe_interpolation=2.0)
     return PixArtConfig(**{**base, **changes})
@@ -76,7 +77,7 @@ def test_pos_embed_matches_numpy_formula(dim, height, width, base_size, interpol
 
 
 def test_pos_embed_cache_per_size_device_dtype():
-    model = PixArtTransformer(tiny_config())
+    model = PixArtTransformer(small_config())
     first = model.position_table(4, 6, torch.device("cpu"), torch.float32)
     assert model.position_table(4, 6, torch.device("cpu"), torch.float32) is first
     as_bf16 = model.position_table(4, 6, torch.device("cpu"), torch.bfloat16)
@@ -165,7 +166,7 @@ def test_kv_compress_default_is_average_pooling():
 
 
 def test_qk_norm_and_kv_compress_in_full_model():
-    config = tiny_config(qk_norm=True, kv_compress_layers=(1,), kv_compress_ratio=2, kv_compress_sampling="conv")
+    config = small_config(qk_norm=True, kv_compress_layers=(1,), kv_compress_ratio=2, kv_compress_sampling="conv")
     model = random_model(config)
     keys = set(model.state_dict())
     assert {"blocks.0.attn.q_norm.weight", "blocks.1.attn.k_norm.bias", "blocks.1.attn.sr.weight",
@@ -176,7 +177,7 @@ def test_qk_norm_and_kv_compress_in_full_model():
     with torch.no_grad():
         out = model(x, timestep, context)
     assert out.shape == (2, 8, 8, 12) and torch.isfinite(out).all()
-    plain = random_model(tiny_config(qk_norm=True))
+    plain = random_model(small_config(qk_norm=True))
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".attn.sr." not in k
                            and ".attn.norm." not in k}, strict=True)
     with torch.no_grad():
@@ -187,7 +188,7 @@ def test_qk_norm_and_kv_compress_in_full_model():
 
 
 def test_padded_token_values_do_not_matter():
-    model = random_model(tiny_config())
+    model = random_model(small_config())
     x, timestep, context = inputs()
     mask = torch.zeros(2, TOKENS)
     mask[0, [0, 1, 2, 5]] = 1  # a gap: position 3, 4 masked inside the kept span
@@ -202,7 +203,7 @@ def test_padded_token_values_do_not_matter():
 
 def test_mask_equals_official_token_removal():
     """Each row attends only to its valid tokens: same as running it alone on the cut-down caption."""
-    model = random_model(tiny_config())
+    model = random_model(small_config())
     x, timestep, context = inputs(batch=3)
     lengths = [3, 10, 6]
     mask = torch.zeros(3, TOKENS)
@@ -216,7 +217,7 @@ def test_mask_equals_official_token_removal():
 
 
 def test_all_zero_mask_row_is_finite_and_attends_to_everything():
-    model = random_model(tiny_config())
+    model = random_model(small_config())
     x, timestep, context = inputs()
     mask = torch.ones(2, TOKENS)
     mask[0] = 0
@@ -240,7 +241,7 @@ def test_caption_keep_trims_to_longest_row():
 
 
 def test_official_state_dict_keys_and_strict_load():
-    config = tiny_config(micro_condition=True, has_null_caption=True)
+    config = small_config(micro_condition=True, has_null_caption=True)
     model = random_model(config)
     keys = set(model.state_dict())
     assert "y_embedder.y_embedding" in keys and model.state_dict()["y_embedder.y_embedding"].shape == (TOKENS, CAPTION)
@@ -252,14 +253,14 @@ def test_official_state_dict_keys_and_strict_load():
             "final_layer.scale_shift_table", "final_layer.linear.weight"} <= keys
     assert not any("pos_embed" in k for k in keys)
     assert model.state_dict()["x_embedder.proj.weight"].shape == (HIDDEN, 4, 2, 2)
-    plain = PixArtTransformer(tiny_config())
+    plain = PixArtTransformer(small_config())
     assert not any(k.startswith(("csize", "ar_", "y_embedder.y_embedding")) for k in plain.state_dict())
     with pytest.raises(ValueError, match="divisible by 3"):
-        PixArtTransformer(tiny_config(hidden_size=16, num_heads=2, micro_condition=True))
+        PixArtTransformer(small_config(hidden_size=16, num_heads=2, micro_condition=True))
 
 
 def test_meta_construction_then_assign_load():
-    config = tiny_config(micro_condition=True, has_null_caption=True)
+    config = small_config(micro_condition=True, has_null_caption=True)
     reference = random_model(config)
     with torch.device("meta"):
         model = PixArtTransformer(config)
@@ -273,10 +274,10 @@ def test_meta_construction_then_assign_load():
 
 
 def test_dtype_and_device_arguments():
-    model = PixArtTransformer(tiny_config(has_null_caption=True), dtype=torch.bfloat16, device="cpu")
+    model = PixArtTransformer(small_config(has_null_caption=True), dtype=torch.bfloat16, device="cpu")
     assert {t.dtype for t in model.state_dict().values()} == {torch.bfloat16}
     assert {t.device.type for t in model.state_dict().values()} == {"cpu"}
-    reference = random_model(tiny_config(has_null_caption=True))
+    reference = random_model(small_config(has_null_caption=True))
     model.load_state_dict(reference.state_dict())
     x, timestep, context = inputs()
     with torch.no_grad():
@@ -294,8 +295,8 @@ def test_cpu_bf16_compute_policy(monkeypatch, native):
     probe = torch.zeros(2, dtype=torch.bfloat16)
     assert linear_module.compute_dtype(probe) == (torch.bfloat16 if native else torch.float32)
     assert linear_module.compute_dtype(probe.half()) == torch.float16
-    reference = random_model(tiny_config())
-    model = PixArtTransformer(tiny_config(), dtype=torch.bfloat16)
+    reference = random_model(small_config())
+    model = PixArtTransformer(small_config(), dtype=torch.bfloat16)
     model.load_state_dict(reference.state_dict())
     x, timestep, context = inputs()
     with torch.no_grad():
@@ -306,7 +307,7 @@ def test_cpu_bf16_compute_policy(monkeypatch, native):
 
 
 def test_inputs_validation_and_broadcasting():
-    model = random_model(tiny_config())
+    model = random_model(small_config())
     x, timestep, context = inputs()
     with torch.no_grad():
         scalar = model(x, 500.0, context)
@@ -319,7 +320,7 @@ def test_inputs_validation_and_broadcasting():
 
 
 def test_backward_through_the_model():
-    model = random_model(tiny_config(qk_norm=True, micro_condition=True))
+    model = random_model(small_config(qk_norm=True, micro_condition=True))
     x, timestep, context = inputs()
     mask = torch.ones(2, TOKENS)
     mask[1, 4:] = 0

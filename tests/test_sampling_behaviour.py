@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pixart_core.sampling import (DEFAULT_STEPS, SAMPLERS, EpsDenoiser, SamplingInterrupted, cfg_eps_fn,
-                                  linear_schedule, pixart_tau, plan_for, sample, sample_ddim, sample_dpmpp_2m,
-                                  sample_euler)
+from pixart_core.sampling import (DEFAULT_STEPS, SAMPLER_TABLE, SAMPLERS, EpsDenoiser, SamplingInterrupted,
+                                  cfg_eps_fn, linear_schedule, pixart_tau, plan_for, sample, sample_ddim,
+                                  sample_dpmpp_2m, sample_euler)
 from pixart_core.sampling.schedule import dpm_timesteps, lcm_timesteps
 
 
@@ -47,7 +47,7 @@ def test_seeded_generator_is_deterministic(sampler):
     other = sample(_eps_fn, _noise(), sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(8))
     assert torch.equal(first, again)
     assert torch.isfinite(first).all()
-    if sampler in ("euler_ancestral", "sa_solver", "lcm"):
+    if SAMPLER_TABLE[sampler].draws_noise:
         assert not torch.allclose(first, other)  # the generator feeds their fresh noise
     else:
         assert torch.equal(first, other)  # deterministic samplers draw nothing
@@ -164,9 +164,7 @@ def _prompts():
 def test_cfg_runs_one_batch_uncond_first_with_separate_masks():
     model = RecordingModel()
     positive, positive_mask, negative, negative_mask = _prompts()
-    resolution, aspect_ratio = torch.tensor([[1024.0, 768.0]]), torch.tensor([[4 / 3]])
-    eps_fn = cfg_eps_fn(model, positive, positive_mask, negative, negative_mask, 4.5, resolution=resolution,
-                        aspect_ratio=aspect_ratio)
+    eps_fn = cfg_eps_fn(model, positive, positive_mask, negative, negative_mask, 4.5)
     x, t = _noise(), torch.tensor([999.0, 999.0])
     eps = eps_fn(x, t)
     assert len(model.calls) == 1
@@ -177,8 +175,7 @@ def test_cfg_runs_one_batch_uncond_first_with_separate_masks():
     assert call["context"][:2, :3].eq(-1).all() and call["context"][:2, 3:].eq(0).all()  # [uncond (padded), ...
     assert call["context"][2:].eq(2).all()  # ... cond]
     assert call["mask"].tolist() == [[1, 1, 0, 0, 0]] * 2 + [[1, 1, 1, 0, 0]] * 2
-    assert call["resolution"].tolist() == [[1024.0, 768.0]] * 4
-    assert call["aspect_ratio"].shape == (4, 1)
+    assert call["resolution"] is None and call["aspect_ratio"] is None  # micro-conditions: the model's own default
     expected = (-1.0 + 0.01 * x) + 4.5 * ((2.0 + 0.01 * x) - (-1.0 + 0.01 * x))  # uncond + s (cond - uncond)
     assert eps.shape == x.shape  # learned-sigma channels dropped
     assert torch.allclose(eps, expected, atol=1e-5)

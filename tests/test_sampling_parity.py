@@ -162,13 +162,16 @@ def test_guided_dpm_matches_diffusers_pixart_pipeline():
                         num_inference_steps=8, guidance_scale=4.5, output_type="latent",
                         use_resolution_binning=False, clean_caption=False).images
 
-    def model(x, t, context, context_mask=None, resolution=None, aspect_ratio=None):
+    def model(x, t, context, context_mask=None):
+        # micro-conditions as our transformer derives them when none are given: the latent's size and ratio
+        height, width = x.shape[-2] * 8, x.shape[-1] * 8
+        resolution = torch.tensor([[float(height), float(width)]]).expand(x.shape[0], 2)  # [nB, 2]
+        aspect_ratio = torch.tensor([[height / width]]).expand(x.shape[0], 1)  # [nB, 1]
         return transformer(x, encoder_hidden_states=context, encoder_attention_mask=context_mask, timestep=t,
                            added_cond_kwargs={"resolution": resolution, "aspect_ratio": aspect_ratio},
                            return_dict=False)[0]
 
-    eps_fn = cfg_eps_fn(model, prompt, prompt_mask, negative, negative_mask, 4.5,
-                        resolution=torch.tensor([[64.0, 48.0]]), aspect_ratio=torch.tensor([[64 / 48]]))
+    eps_fn = cfg_eps_fn(model, prompt, prompt_mask, negative, negative_mask, 4.5)
     with torch.no_grad():
         ours = sample(eps_fn, noise, sampler="dpmpp_2m", steps=8)
     # an untrained transformer does not predict the noise, so x0 = x - sigma * eps reaches ~600 at sigma_max:

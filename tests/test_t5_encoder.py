@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixart_core.checkpoint_io import save_safetensors, write_json
+from pixart_core.testing.files import save_safetensors, write_json
 from pixart_core.t5 import T5Encoder, load_t5_encoder
 from pixart_core.t5.cast_linear import quantize_float8
 from pixart_core.t5.model import relative_position_buckets
-from pixart_core.t5.tiny import TINY_T5_CONFIG, TINY_T5_V1_0_CONFIG, tiny_t5_state_dict, write_tiny_t5
+from pixart_core.testing.t5 import TINY_T5_CONFIG, TINY_T5_V1_0_CONFIG, tiny_t5_state_dict, write_tiny_t5
 
 transformers = pytest.importorskip("transformers")
 FP32_TOL = 1e-5

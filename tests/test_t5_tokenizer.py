@@ -11,7 +11,7 @@ import torch
 
 from pixart_core.errors import TokenizerNotFoundError
 from pixart_core.t5 import load_t5_tokenizer
-from pixart_core.t5.tiny import write_tiny_t5
+from pixart_core.testing.t5 import write_tiny_t5
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFY_TOKENIZER = Path(os.environ.get("COMFYUI_ROOT", ROOT.parent / "comfyui")) / "comfy/text_encoders/t5_tokenizer"

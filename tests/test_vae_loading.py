@@ -8,11 +8,12 @@ import shutil
 import pytest
 import torch
 
-from pixart_core.checkpoint_io import StateDictReader, save_safetensors, save_torch
+from pixart_core.checkpoint_io import StateDictReader
+from pixart_core.testing.files import save_safetensors, save_torch
 from pixart_core.errors import CheckpointError
+from pixart_core.testing.vae import random_vae_state_dict, tiny_vae_config, write_tiny_vaes
 from pixart_core.vae import AutoencoderKL, VAEConfig, load_vae
 from pixart_core.vae.convert import ldm_key, legacy_diffusers_key, to_ldm_state_dict
-from pixart_core.vae.tiny import random_vae_state_dict, tiny_vae_config, write_tiny_vaes
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from pixart_core import checkpoint_io
+from pixart_core.testing.vae import write_tiny_vaes
 from pixart_core.vae import load_vae
 from pixart_core.vae.tiling import blend_ramp, tile_spans, tiled_map
-from pixart_core.vae.tiny import write_tiny_vaes
 
 H, W, TILE, OVERLAP = 14, 20, 8, 2  # latent grid and tile: 2 x 3 tiles of 8x8 latents (64x64 pixels)
 

@@ -4,6 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..vae.config import LATENT_SPACES
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a PixArt family fixes besides the DiT's shape: its name, caption length and VAE latent space."""
+
+    display_name: str
+    max_length: int  # T5 tokens the family was trained with
+    latent_space: str  # a key of LATENT_SPACES
+
+
+#: The one source of the family facts. Caption lengths: PixArt-sigma `scripts/inference.py`
+#: (`max_sequence_length = {"alpha": 120, "sigma": 300}`); latent spaces: the VAEs of the two releases.
+FAMILIES = {"alpha": Family("PixArt-α", 120, "sd15"), "sigma": Family("PixArt-Σ", 300, "sdxl")}
+
 
 @dataclass(frozen=True)
 class PixArtConfig:
@@ -21,7 +37,7 @@ class PixArtConfig:
         sample_size: latent side at the training resolution (image size // 8: 32, 64, 128, 256).
         pe_interpolation: position-embedding interpolation (Σ-256 0.5, 512 1, 1024 2, 2K 4).
         micro_condition: size and aspect-ratio embedders (α-1024-MS and models built on it).
-        family: "alpha" (SD-1.x VAE, scale 0.18215) or "sigma" (SDXL VAE, scale 0.13025).
+        family: a key of FAMILIES: "alpha" (SD-1.x latent space) or "sigma" (SDXL latent space).
         qk_norm: LayerNorm on q and k in self-attention (Σ code path, no released checkpoint).
         kv_compress_layers: blocks whose self-attention K/V are downsampled (Σ code path).
         kv_compress_ratio / kv_compress_sampling: downsampling factor and method ("conv", "ave", "uniform").
@@ -50,8 +66,8 @@ class PixArtConfig:
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.family not in ("alpha", "sigma"):
-            raise ValueError(f"family must be 'alpha' or 'sigma', not {self.family!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(map(repr, FAMILIES))}, not {self.family!r}")
         if self.kv_compress_sampling not in ("conv", "ave", "uniform"):
             raise ValueError(f"unknown kv_compress_sampling {self.kv_compress_sampling!r}")
 
@@ -74,8 +90,13 @@ class PixArtConfig:
         return self.out_channels == 2 * self.in_channels
 
     @property
+    def latent_space(self) -> str:
+        """Name of the VAE latent space the model works in ("sd15" or "sdxl")."""
+        return FAMILIES[self.family].latent_space
+
+    @property
     def vae_scale_factor(self) -> float:
-        return 0.18215 if self.family == "alpha" else 0.13025
+        return LATENT_SPACES[self.latent_space].scaling_factor
 
     @property
     def variant(self) -> str:
@@ -96,25 +117,30 @@ class PixArtConfig:
 
 _XL2 = PixArtConfig()
 
-#: Released and community variants by name (see `../shared/reference/pixart.md` §1, §3).
+_ALPHA_TOKENS, _SIGMA_TOKENS = FAMILIES["alpha"].max_length, FAMILIES["sigma"].max_length
+
+#: Released and community variants by name (model cards of PixArt-alpha/PixArt-alpha and PixArt-alpha/PixArt-Sigma
+#: on Hugging Face; "900m" is the community depth-42 Σ).
 PRESETS: dict[str, PixArtConfig] = {
     "alpha-256": _XL2.with_(sample_size=32, pe_interpolation=1.0, family="alpha", has_null_caption=True),
     "alpha-512": _XL2.with_(sample_size=64, pe_interpolation=1.0, family="alpha", has_null_caption=True),
     "alpha-1024-ms": _XL2.with_(sample_size=128, pe_interpolation=2.0, family="alpha", micro_condition=True,
                                 has_null_caption=True),
-    "sigma-256": _XL2.with_(sample_size=32, pe_interpolation=0.5, family="sigma", model_max_length=300),
-    "sigma-512": _XL2.with_(sample_size=64, pe_interpolation=1.0, family="sigma", model_max_length=300),
-    "sigma-1024": _XL2.with_(sample_size=128, pe_interpolation=2.0, family="sigma", model_max_length=300),
-    "sigma-2k": _XL2.with_(sample_size=256, pe_interpolation=4.0, family="sigma", model_max_length=300),
+    "sigma-256": _XL2.with_(sample_size=32, pe_interpolation=0.5, family="sigma", model_max_length=_SIGMA_TOKENS),
+    "sigma-512": _XL2.with_(sample_size=64, pe_interpolation=1.0, family="sigma", model_max_length=_SIGMA_TOKENS),
+    "sigma-1024": _XL2.with_(sample_size=128, pe_interpolation=2.0, family="sigma", model_max_length=_SIGMA_TOKENS),
+    "sigma-2k": _XL2.with_(sample_size=256, pe_interpolation=4.0, family="sigma", model_max_length=_SIGMA_TOKENS),
     "sigma-1024-900m": _XL2.with_(depth=42, sample_size=128, pe_interpolation=2.0, family="sigma",
-                                  model_max_length=300),
+                                  model_max_length=_SIGMA_TOKENS),
 }
 # LCM (PixArt-δ) and the ControlNet base are α-1024-MS weights with another sampler or an extra branch.
 PRESETS["alpha-1024-ms-lcm"] = PRESETS["alpha-1024-ms"]
 
 
 def pe_interpolation_for(sample_size: int, family: str) -> float:
-    """PE interpolation of a model trained at `sample_size` latents (α-256 used 1.0, see pixart.md §1.5)."""
+    """PE interpolation of a model trained at `sample_size` latents: resolution / 512 (PixArt-sigma
+    `scripts/inference.py`), except α-256, trained with the base config's `lewei_scale = 1.0` (PixArt-alpha
+    `configs/PixArt_xl2_internal.py`)."""
     if family == "alpha" and sample_size == 32:
         return 1.0
     return max(sample_size / 64, 0.5)

@@ -1,4 +1,5 @@
-"""Official PixArt <-> diffusers `PixArtTransformer2DModel` state-dict key conversion (pixart.md §2b).
+"""Official PixArt <-> diffusers `PixArtTransformer2DModel` state-dict key conversion (diffusers
+`scripts/convert_pixart_sigma_to_diffusers.py` is the published mapping).
 
 Official fused weights are stacked along dim 0: `attn.qkv = cat(to_q, to_k, to_v)` and
 `cross_attn.kv_linear = cat(to_k, to_v)`. The official stored `pos_embed` (and diffusers' `pos_embed.pos_embed`
@@ -17,6 +18,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
+
+from ..errors import format_keys
 
 # Official keys dropped on conversion (the position table is recomputed per call).
 OFFICIAL_DROPPED = ("pos_embed",)
@@ -87,10 +90,6 @@ _DIFFUSERS_TOP = {d: (o, i, len(ds)) for o, ds in _OFFICIAL_TOP.items() for i, d
 _DIFFUSERS_IN_BLOCK = {d: (o, i, len(ds)) for o, ds in _OFFICIAL_IN_BLOCK.items() for i, d in enumerate(ds)}
 
 
-def _format_keys(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
 
 def official_key_targets(official_key: str) -> tuple[str, ...]:
     """Diffusers keys that `official_key` splits into (equal chunks along dim 0); () if the key is dropped.
@@ -153,11 +152,11 @@ def diffusers_key_sources(diffusers_keys: Iterable[str]) -> dict[str, tuple[str,
         official, piece, count = found
         pieces.setdefault(official, [None] * count)[piece] = key
     if unknown:
-        raise ValueError(f"unknown diffusers PixArt keys: {_format_keys(sorted(unknown))}")
+        raise ValueError(f"unknown diffusers PixArt keys: {format_keys(unknown)}")
     incomplete = sorted(o for o, parts in pieces.items() if any(p is None for p in parts))
     if incomplete:
         missing = [official_key_targets(o)[i] for o in incomplete for i, p in enumerate(pieces[o]) if p is None]
-        raise ValueError(f"incomplete fused diffusers weights, missing: {_format_keys(missing)}")
+        raise ValueError(f"incomplete fused diffusers weights, missing: {format_keys(missing)}")
     return {official: tuple(parts) for official, parts in pieces.items()}  # type: ignore[arg-type]
 
 
@@ -185,5 +184,5 @@ def official_to_diffusers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         for target, rows in splits:
             out[target] = tensor if len(splits) == 1 else tensor[rows]
     if unknown:
-        raise ValueError(f"official PixArt keys with no diffusers equivalent: {_format_keys(sorted(unknown))}")
+        raise ValueError(f"official PixArt keys with no diffusers equivalent: {format_keys(unknown)}")
     return out

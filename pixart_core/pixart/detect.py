@@ -1,4 +1,5 @@
-"""Detect a PixArt transformer's variant and key layout from tensor names and shapes (pixart.md §2, §9.2).
+"""Detect a PixArt transformer's variant and key layout from tensor names and shapes (the layouts of
+PixArt-alpha/PixArt-sigma `.pth` releases and diffusers `PixArtTransformer2DModel`).
 
 Layouts: "official" (`t_block.1.weight`, `blocks.N.*`), "diffusers" (`adaln_single.*`, `transformer_blocks.N.*`)
 and "controlnet-official" (`base_model.*` + `controlnet.*`, of which only the base is used). Any key prefix
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint_io import StateDictReader
-from ..errors import CheckpointError
-from .config import PixArtConfig, pe_interpolation_for
+from ..errors import CheckpointError, format_keys
+from ..vae.config import LATENT_SPACES
+from .config import FAMILIES, PixArtConfig, pe_interpolation_for
 from .convert import diffusers_key_sources
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -24,18 +26,16 @@ Shapes = Mapping[str, tuple[int, ...]]
 _OFFICIAL_ANCHOR = "t_block.1.weight"
 _DIFFUSERS_ANCHOR = "adaln_single.linear.weight"
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-_FAMILY_NAMES = {"alpha": "PixArt-α", "sigma": "PixArt-Σ"}
 _SIZE_NAMES = {32: "256", 64: "512", 128: "1024", 256: "2K"}
 _SIZE_IN_NAME = re.compile(r"(?<![0-9])(256|512|1024|2048)(?![0-9])|(?<![0-9a-z])(2k)(?![0-9a-z])")
 _SIZE_FROM_NAME = {"256": 32, "512": 64, "1024": 128, "2048": 256, "2k": 256}
 _RELEASED_HEAD_DIM = 72  # XL/2: 1152 = 16 x 72
-_SMALL_HEAD_DIM = 16  # head size of the scaled-down test models (tiny.py)
 
 # (substring of some key, what the file looks like); first match wins. Used only for error messages.
 _LOOKALIKES: tuple[tuple[str, str], ...] = (
     ("lora_", "a LoRA; apply it to a loaded model instead"),
-    ("controlnet_blocks.", "a PixArt ControlNet adapter without its base model; load the base transformer "
-                           "separately and this file with the ControlNet loader"),
+    ("controlnet_blocks.", "a PixArt ControlNet adapter without its base model, not a transformer on its "
+                           "own; load the base PixArt transformer file instead"),
     ("copied_block.", "a PixArt ControlNet branch without its base model; load the base transformer separately"),
     ("mlp.inverted_conv.", "a Sana transformer, not PixArt"),
     ("SelfAttention.q.weight", "a T5 text encoder; load it with the T5 loader"),
@@ -64,12 +64,13 @@ class Detection:
     source: str = ""
     sources: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     ignored: list[str] = field(default_factory=list, repr=False)
+    weights: str = ""  # which wrapped weights a training checkpoint gave, e.g. "EMA weights (state_dict_ema)"
 
     def summary(self) -> str:
         """One line, e.g. 'PixArt-Σ 1024 (depth 28, 300 tokens, PE x2, no micro-conditions; diffusers layout)'."""
         cfg = self.config
         size = _SIZE_NAMES.get(cfg.sample_size, f"{cfg.resolution}px")
-        name = f"{_FAMILY_NAMES[cfg.family]} {size}{'-MS' if cfg.micro_condition else ''}"
+        name = f"{FAMILIES[cfg.family].display_name} {size}{'-MS' if cfg.micro_condition else ''}"
         parts = [f"depth {cfg.depth}"]
         if cfg.hidden_size != 1152:
             parts.append(f"width {cfg.hidden_size}x{cfg.num_heads} heads")
@@ -83,13 +84,10 @@ class Detection:
             self.layout, f"{self.layout} layout")
         if self.prefix and self.layout != "controlnet-official":
             layout += f", prefix '{self.prefix}'"
+        if self.weights:
+            layout += f"; {self.weights}"
         return f"{name} ({', '.join(parts)}; {layout})"
 
-
-def _format_keys(keys, limit: int = 6) -> str:
-    keys = list(keys)
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def describe_non_pixart(keys, class_name: str | None = None) -> str:
@@ -109,7 +107,7 @@ def _not_pixart(name: str, keys, class_name: str | None = None) -> CheckpointErr
     hint = describe_non_pixart(keys, class_name)
     what = f"it looks like {hint}" if hint else (
         f"it has neither '{_OFFICIAL_ANCHOR}' (official) nor '{_DIFFUSERS_ANCHOR}' (diffusers); its keys are "
-        f"{_format_keys(sorted(keys)) or 'none'}")
+        f"{format_keys(keys) or 'none'}")
     return CheckpointError(f"{name}: not a PixArt transformer checkpoint; {what}.")
 
 
@@ -161,10 +159,6 @@ def _heads(hidden: int, diffusers_config: dict | None, evidence: list[str]) -> i
     if hidden % _RELEASED_HEAD_DIM == 0:
         evidence.append(f"{hidden // _RELEASED_HEAD_DIM} heads: head size 72 as in every released XL/2 model")
         return hidden // _RELEASED_HEAD_DIM
-    if hidden % _SMALL_HEAD_DIM == 0:
-        evidence.append(f"{hidden // _SMALL_HEAD_DIM} heads: width {hidden} is not a multiple of 72, "
-                        "head size 16 assumed (scaled-down model)")
-        return hidden // _SMALL_HEAD_DIM
     evidence.append(f"1 head: width {hidden} fits no known head size")
     return 1
 
@@ -186,8 +180,9 @@ def _family(shapes: Shapes, micro: bool, model_index: dict | None, vae_config: d
     if micro:
         evidence.append("family alpha: size/aspect-ratio embedders exist only in α-1024-MS and its derivatives")
         return "alpha"
-    if null_rows in (120, 300):
-        family = "alpha" if null_rows == 120 else "sigma"
+    by_length = {facts.max_length: family for family, facts in FAMILIES.items()}
+    if null_rows in by_length:
+        family = by_length[null_rows]
         evidence.append(f"family {family}: null caption y_embedding has {null_rows} rows")
         return family
     pipeline = (model_index or {}).get("_class_name", "")
@@ -196,8 +191,9 @@ def _family(shapes: Shapes, micro: bool, model_index: dict | None, vae_config: d
         evidence.append(f"family {family}: model_index.json names {pipeline}")
         return family
     scale = (vae_config or {}).get("scaling_factor")
-    if scale in (0.18215, 0.13025):
-        family = "alpha" if scale == 0.18215 else "sigma"
+    by_scale = {LATENT_SPACES[facts.latent_space].scaling_factor: family for family, facts in FAMILIES.items()}
+    if scale in by_scale:
+        family = by_scale[scale]
         evidence.append(f"family {family}: the pipeline's VAE scaling_factor is {scale}")
         return family
     hint = _name_hint(name)
@@ -262,7 +258,7 @@ def _kv_compress(shapes: Shapes) -> tuple[tuple[int, ...], int]:
 def _require(name: str, shapes: Shapes, *keys: str) -> None:
     missing = [k for k in keys if k not in shapes]
     if missing:
-        raise CheckpointError(f"{name}: PixArt weights are incomplete, missing {_format_keys(missing)}; "
+        raise CheckpointError(f"{name}: PixArt weights are incomplete, missing {format_keys(missing)}; "
                               "the file is damaged or was saved partially. Re-download or re-convert it.")
 
 
@@ -292,7 +288,7 @@ def _config_from_shapes(name: str, shapes: Shapes, rel: Shapes, diffusers_config
         max_length = null_rows
         evidence.append(f"{null_rows} T5 tokens from the null caption y_embedding")
     else:
-        max_length = 120 if family == "alpha" else 300
+        max_length = FAMILIES[family].max_length
         evidence.append(f"{max_length} T5 tokens: the {family} default (no y_embedding)")
     sample_size = _sample_size(rel, patch, micro, diffusers_config, name, evidence)
     kv_layers, kv_ratio = _kv_compress(shapes)
@@ -318,9 +314,11 @@ def detect(weights: StateDictReader | Shapes, *, name: str | None = None, diffus
     `vae_config` the pipeline's vae/config.json (only its scaling_factor is used, to tell α from Σ).
     Raises CheckpointError naming `name` for files that are not PixArt transformers.
     """
+    weights_note = ""
     if isinstance(weights, StateDictReader):
         name = name or weights.name
         shapes = weights.shapes()
+        weights_note = weights.weights_note
     else:
         shapes = dict(weights)
     name = name or "checkpoint"
@@ -331,6 +329,9 @@ def detect(weights: StateDictReader | Shapes, *, name: str | None = None, diffus
     rel = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
     ignored = [k for k in shapes if not k.startswith(prefix)]
     evidence = [f"{layout} keys" + (f" under prefix '{prefix}'" if prefix else "")]
+    if weights_note:
+        evidence.append(f"{weights_note}: a training checkpoint's EMA weights are the ones to sample with"
+                        if weights_note.startswith("EMA") else weights_note)
     if layout == "controlnet-official":
         branch_prefix = prefix[: -len("base_model.")] + "controlnet."
         branch = {k[len(branch_prefix):].split(".")[0] for k in ignored if k.startswith(branch_prefix)}
@@ -342,4 +343,4 @@ def detect(weights: StateDictReader | Shapes, *, name: str | None = None, diffus
         ignored.append(prefix + "pos_embed")
     config = _config_from_shapes(name, official_shapes, rel, diffusers_config, model_index, vae_config, evidence)
     full_sources = {k: tuple(prefix + p for p in parts) for k, parts in sources.items()}
-    return Detection(config, layout, prefix, evidence, name, full_sources, ignored)
+    return Detection(config, layout, prefix, evidence, name, full_sources, ignored, weights_note)

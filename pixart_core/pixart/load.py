@@ -1,4 +1,4 @@
-"""Load a PixArt transformer from any released layout without a second copy of the weights (pixart.md §2, §9.1).
+"""Load a PixArt transformer from any released layout without a second copy of the weights.
 
 Accepted: official .pth ({'state_dict': ...}, read with weights_only) and .safetensors, a diffusers `transformer/`
 folder (single or sharded), a diffusers pipeline root (its transformer/ subfolder), diffusers-key single files
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..checkpoint_io import StateDictReader, weight_files
-from ..errors import CheckpointError
+from ..errors import CheckpointError, format_keys
 from .config import PRESETS, PixArtConfig
 from .detect import Detection, detect
 
@@ -110,11 +110,6 @@ def _folder_weights(folder: Path) -> list[Path]:
                           "no shard index; pass the file to load.")
 
 
-def _format_keys(keys, limit: int = 6) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
 
 def apply_variant(detection: Detection, variant: str) -> Detection:
     """Use the PRESETS `variant` for what the weights cannot tell (family, resolution, PE, token count).
@@ -174,9 +169,9 @@ def _check_keys(detection: Detection, reader: StateDictReader, expected: dict[st
         return
     problems = []
     if missing:
-        problems.append(f"missing {_format_keys(missing)}")
+        problems.append(f"missing {format_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected {_format_keys(unexpected)}")
+        problems.append(f"unexpected {format_keys(unexpected)}")
     if mismatched:
         problems.append(f"wrong shapes {'; '.join(mismatched[:4])}" + (" ..." if len(mismatched) > 4 else ""))
     raise CheckpointError(
@@ -207,7 +202,7 @@ def _check_materialised(model: torch.nn.Module) -> None:
     """Every tensor must have come from the file (the model has no non-persistent buffers to rebuild)."""
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
-        raise RuntimeError(f"PixArt model tensors {_format_keys(leftover)} were not loaded; "
+        raise RuntimeError(f"PixArt model tensors {format_keys(leftover)} were not loaded; "
                            "non-persistent buffers need re-materialising in load.py")
 
 

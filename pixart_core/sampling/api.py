@@ -2,34 +2,70 @@
 
 Internally the samplers walk k-diffusion latents x = x_vp * sqrt(1 + sigma^2) (= x0 + sigma * eps); this
 module converts at both ends, builds the schedule, draws nothing itself except through `generator`, and
-turns `callback` / `should_stop` into the samplers' step callback.
+adapts `callback` / `should_stop` to the samplers' k-diffusion step callback (`_StepReporter`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from .denoiser import EpsDenoiser, EpsFn
-from .lcm import LCMDenoiser, sample_lcm
-from .samplers import noise_sampler_from, sample_ddim, sample_dpmpp_2m, sample_euler, sample_euler_ancestral
-from .sa_solver import pixart_tau, sample_sa_solver
-from .schedule import linear_schedule, plan_for
-
-SAMPLERS = ("dpmpp_2m", "sa_solver", "euler", "euler_ancestral", "ddim", "lcm")
-DEFAULT_STEPS = {"dpmpp_2m": 20, "sa_solver": 25, "euler": 20, "euler_ancestral": 20, "ddim": 20, "lcm": 4}
-
-# diffusers' Euler schedulers with "linspace" spacing start txt2img from noise * sigma_max (init_noise_sigma);
-# the VP schedulers (DPM, DDIM, LCM, SA) start from x_vp = noise, i.e. noise * sqrt(1 + sigma_max^2) here.
-_STARTS_FROM_SIGMA_MAX = ("euler", "euler_ancestral")
+from .samplers import noise_sampler_from
+from .schedule import linear_schedule
+from .table import DEFAULT_SAMPLER, plan_for, sampler_spec
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
 class SamplingInterrupted(RuntimeError):
     """Raised between steps when `should_stop()` returned True."""
+
+
+class _StepReporter:
+    """Turns k-diffusion's step callback into `sample()`'s `callback(step, total, x_vp, denoised)` after each step.
+
+    k-diffusion calls back before the update, with the step's input x. Step i's output is the input of the next
+    model evaluation, so step i is reported when the model is next called (or when the sampler returns), and
+    `should_stop` is polled right then, before that evaluation: stopping wastes no model call.
+    """
+
+    def __init__(self, model, sigmas: torch.Tensor, callback: StepCallback | None,
+                 should_stop: Callable[[], bool] | None):
+        self.inner_model = model
+        self.sigmas = sigmas  # [n + 1] float64
+        self.total = len(sigmas) - 1
+        self.callback = callback
+        self.should_stop = should_stop
+        self.pending: dict[str, Any] | None = None  # k-diffusion dict of the step whose output is not yet known
+
+    def stop_if_asked(self, done: int) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise SamplingInterrupted(f"sampling stopped by request after {done} of {self.total} steps")
+
+    def on_step(self, info: dict[str, Any]) -> None:
+        """The k-diffusion `callback`."""
+        self.pending = info
+
+    def model(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
+        """The denoiser handed to the sampler: reports the finished step, polls `should_stop`, then evaluates."""
+        self.finish_step(x)
+        return self.inner_model(x, sigma, **extra_args)
+
+    def finish_step(self, x: torch.Tensor) -> None:
+        """Report the pending step, whose output is x [B, C, H, W] (k-diffusion latent)."""
+        if self.pending is None:
+            return
+        step, denoised = self.pending["i"], self.pending["denoised"]
+        self.pending = None
+        if self.callback is not None:
+            sigma_next = float(self.sigmas[step + 1])
+            x_vp = x / math.sqrt(1.0 + sigma_next**2)  # [B, C, H, W]
+            self.callback(step, self.total, x_vp, denoised)
+        if step + 1 < self.total:
+            self.stop_if_asked(step + 1)
 
 
 def _check_latents(name: str, value: torch.Tensor) -> None:
@@ -42,24 +78,24 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def sample(eps_fn: EpsFn, noise: torch.Tensor, *, sampler: str = "dpmpp_2m", steps: int = 20, denoise: float = 1.0,
-           init_latent: torch.Tensor | None = None, generator: torch.Generator | None = None,
+def sample(eps_fn: EpsFn, noise: torch.Tensor, *, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
+           denoise: float = 1.0, init_latent: torch.Tensor | None = None, generator: torch.Generator | None = None,
            callback: StepCallback | None = None, should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Run `sampler` for `steps` steps and return the clean latent [B, C, H, W] in the model's (VP) space.
+    """Run `sampler` for `steps` steps (None: its `default_steps`) and return the clean latent [B, C, H, W] in
+    the model's (VP) space.
 
     eps_fn(x [B,C,H,W], t [B] float DDPM timestep 0..999) -> eps [B,C,H,W]: the guided epsilon (`cfg_eps_fn`).
     noise: standard-normal [B, C, H, W]; for txt2img it is x_T (diffusers' initial latents for this sampler).
     init_latent: for img2img, the VAE latent already multiplied by the VAE scale factor; the first
         `steps - int(steps * denoise)` steps are skipped and sampling starts from
         sqrt(a_t) * init_latent + sqrt(1 - a_t) * noise at the first remaining timestep (LCM: see `plan_for`).
-    generator: feeds the fresh noise of euler_ancestral, sa_solver and lcm (unused by the others); None uses
+    generator: feeds the fresh noise of the samplers that draw any (`SamplerSpec.draws_noise`); None uses
         torch's global RNG.
     callback(step_index, total_steps, x, denoised): after every step, x the VP latent after the step and
         denoised the current x0 prediction. should_stop(): polled before each step; True raises
         `SamplingInterrupted`. Computation runs in float32 for half-precision noise; returns that dtype.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    spec = sampler_spec(sampler)
     _check_latents("noise", noise)
     if init_latent is None and denoise != 1.0:
         raise ValueError(f"denoise {denoise} < 1 needs an init_latent (img2img); txt2img always uses denoise 1.0")
@@ -68,47 +104,25 @@ def sample(eps_fn: EpsFn, noise: torch.Tensor, *, sampler: str = "dpmpp_2m", ste
         if init_latent.shape != noise.shape:
             raise ValueError(f"init_latent shape {tuple(init_latent.shape)} differs from noise {tuple(noise.shape)}")
     schedule = linear_schedule()
-    plan = plan_for(schedule, sampler, steps, denoise)
+    plan = plan_for(schedule, sampler, spec.default_steps if steps is None else steps, denoise)
     sigmas = plan.sigmas
     dtype = _work_dtype(noise.dtype)
     noise = noise.to(dtype)
     sigma_start = float(sigmas[0])
     if init_latent is not None:
         x = init_latent.to(device=noise.device, dtype=dtype) + sigma_start * noise  # [B, C, H, W]
-    elif sampler in _STARTS_FROM_SIGMA_MAX:
+    elif spec.starts_from_sigma_max:
         x = sigma_start * noise  # [B, C, H, W]
     else:
         x = math.sqrt(1.0 + sigma_start**2) * noise  # [B, C, H, W]
 
-    total = plan.num_steps
-
-    def stop_if_asked(done: int) -> None:
-        if should_stop is not None and should_stop():
-            raise SamplingInterrupted(f"sampling stopped by request after {done} of {total} steps")
-
-    def on_step(info: dict) -> None:
-        step = info["i"]
-        if callback is not None:
-            sigma_next = float(info["sigma_next"])
-            x_vp = info["x"] / math.sqrt(1.0 + sigma_next**2)  # [B, C, H, W]
-            callback(step, total, x_vp, info["denoised"])
-        if step + 1 < total:
-            stop_if_asked(step + 1)
-
     denoiser = EpsDenoiser(eps_fn, schedule, plan)
-    noise_sampler = noise_sampler_from(x, generator)
-    stop_if_asked(0)
-    if sampler == "dpmpp_2m":
-        x = sample_dpmpp_2m(denoiser, x, sigmas, callback=on_step)
-    elif sampler == "ddim":
-        x = sample_ddim(denoiser, x, sigmas, callback=on_step)
-    elif sampler == "euler":
-        x = sample_euler(denoiser, x, sigmas, callback=on_step)
-    elif sampler == "euler_ancestral":
-        x = sample_euler_ancestral(denoiser, x, sigmas, callback=on_step, noise_sampler=noise_sampler)
-    elif sampler == "sa_solver":
-        x = sample_sa_solver(denoiser, x, sigmas, callback=on_step, tau=pixart_tau(schedule),
-                             noise_sampler=noise_sampler)
-    else:
-        x = sample_lcm(LCMDenoiser(denoiser), x, sigmas, callback=on_step, noise_sampler=noise_sampler)
+    reporter = _StepReporter(denoiser if spec.denoiser is None else spec.denoiser(denoiser), sigmas, callback,
+                             should_stop)
+    options = {} if spec.options is None else dict(spec.options(schedule))
+    if spec.draws_noise:
+        options["noise_sampler"] = noise_sampler_from(x, generator)
+    reporter.stop_if_asked(0)
+    x = spec.function(reporter.model, x, sigmas, callback=reporter.on_step, disable=True, **options)
+    reporter.finish_step(x)
     return x / math.sqrt(1.0 + float(sigmas[-1]) ** 2)  # [B, C, H, W] back to VP space

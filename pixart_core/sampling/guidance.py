@@ -1,10 +1,12 @@
 """Classifier-free guidance around a PixArt transformer, producing the `eps_fn(x, t)` the samplers drive.
 
-eps = eps_uncond + s * (eps_cond - eps_uncond) (Ho & Salimans 2022). Cond and uncond run in ONE batch ordered
-[uncond, cond] as diffusers' PixArt pipelines (and the official DPM-Solver wrapper) do, each with its own T5
-mask. Learned-sigma models (out_channels = 2 * in_channels) have the variance channels dropped.
+eps = eps_uncond + s * (eps_cond - eps_uncond) (Ho & Salimans 2022, arXiv:2207.12598). Cond and uncond run in
+ONE batch ordered [uncond, cond] as diffusers' PixArt pipelines (and the official DPM-Solver wrapper, PixArt-alpha
+`diffusion/model/dpm_solver.py`) do, each with its own T5 mask. Learned-sigma models (out_channels =
+2 * in_channels) have the variance channels dropped. Micro-conditions (resolution, aspect ratio of α-1024-MS)
+are left to the model, which derives them from the latent's size.
 
-`prediction="v_prediction"` is for community fine-tunes trained on v (Salimans & Ho 2022): with
+`prediction="v_prediction"` is for community fine-tunes trained on v (Salimans & Ho 2022, arXiv:2202.00512): with
 x_vp = sqrt(a) x0 + sqrt(1 - a) eps and v = sqrt(a) eps - sqrt(1 - a) x0, eps = sqrt(a) v + sqrt(1 - a) x_vp,
 where a = alpha_bar at the (possibly fractional) timestep, consistent with the sampler's sigma.
 """
@@ -16,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .schedule import NoiseSchedule, linear_schedule
+from .schedule import linear_schedule
 
 PREDICTIONS = ("epsilon", "v_prediction")
 
@@ -51,23 +53,21 @@ def _per_sample(value: torch.Tensor | None, batch: int, name: str) -> torch.Tens
 
 
 def cfg_eps_fn(model, context: torch.Tensor, context_mask: torch.Tensor | None, neg_context: torch.Tensor | None,
-               neg_mask: torch.Tensor | None, guidance_scale: float, resolution: torch.Tensor | None = None,
-               aspect_ratio: torch.Tensor | None = None, prediction: str = "epsilon",
-               schedule: NoiseSchedule | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """An `eps_fn(x [B,C,H,W], t [B]) -> eps [B,C,H,W]` calling
-    `model(x, t, context, context_mask=..., resolution=..., aspect_ratio=...)`.
+               neg_mask: torch.Tensor | None, guidance_scale: float,
+               prediction: str = "epsilon") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """An `eps_fn(x [B,C,H,W], t [B]) -> eps [B,C,H,W]` calling `model(x, t, context, context_mask=...)`.
 
     context / neg_context: T5 states [1 or B, L, 4096]; masks [1 or B, L] (None = all tokens valid). The
-    shorter of the two is zero-padded (and masked) to the longer. resolution [1 or B, 2] (height, width) and
-    aspect_ratio [1 or B, 1] are the micro-conditions of α-1024 models (None for others). guidance_scale <= 1
-    runs the positive prompt only (no negative needed), as diffusers' `do_classifier_free_guidance`.
+    shorter of the two is zero-padded (and masked) to the longer. guidance_scale <= 1 runs the positive prompt
+    only (no negative needed), as diffusers' `do_classifier_free_guidance`. prediction: "epsilon" or
+    "v_prediction" (what the model outputs).
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     use_cfg = guidance_scale > 1.0
     if use_cfg and neg_context is None:
         raise ValueError(f"guidance_scale {guidance_scale} > 1 needs a negative context (e.g. T5 of the empty prompt)")
-    schedule = linear_schedule() if schedule is None else schedule
+    schedule = linear_schedule()
     model_dtype = _model_dtype(model)
     context_mask = _ones_mask(context) if context_mask is None else context_mask
     if use_cfg:
@@ -81,8 +81,6 @@ def cfg_eps_fn(model, context: torch.Tensor, context_mask: torch.Tensor | None, 
         dtype = model_dtype or x.dtype
         cond = _per_sample(context, batch, "context")  # [B, L, C]
         cond_mask = _per_sample(context_mask, batch, "context_mask")  # [B, L]
-        res = _per_sample(resolution, batch, "resolution")  # [B, 2]
-        ar = _per_sample(aspect_ratio, batch, "aspect_ratio")  # [B, 1]
         if use_cfg:
             uncond = _per_sample(neg_context, batch, "neg_context")  # [B, L, C]
             uncond_mask = _per_sample(neg_mask, batch, "neg_mask")  # [B, L]
@@ -90,13 +88,10 @@ def cfg_eps_fn(model, context: torch.Tensor, context_mask: torch.Tensor | None, 
             t_in = torch.cat([t, t])  # [2B]
             ctx_in = torch.cat([uncond, cond])  # [2B, L, C]
             mask_in = torch.cat([uncond_mask, cond_mask])  # [2B, L]
-            res = None if res is None else torch.cat([res, res])  # [2B, 2]
-            ar = None if ar is None else torch.cat([ar, ar])  # [2B, 1]
         else:
             x_in, t_in, ctx_in, mask_in = x, t, cond, cond_mask
-        out = model(x_in.to(dtype), t_in, ctx_in.to(device=x.device, dtype=dtype), context_mask=mask_in.to(x.device),
-                    resolution=None if res is None else res.to(device=x.device, dtype=dtype),
-                    aspect_ratio=None if ar is None else ar.to(device=x.device, dtype=dtype))  # [nB, C or 2C, H, W]
+        out = model(x_in.to(dtype), t_in, ctx_in.to(device=x.device, dtype=dtype),
+                    context_mask=mask_in.to(x.device))  # [nB, C or 2C, H, W]
         if out.shape[1] == 2 * channels:
             out = out[:, :channels]  # [nB, C, H, W] learned-sigma channels dropped
         elif out.shape[1] != channels:

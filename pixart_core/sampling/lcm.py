@@ -1,4 +1,5 @@
-"""Latent Consistency Model sampling for PixArt-δ (Luo et al. 2023, arXiv:2310.04378, Alg. 3; PixArt-δ §3).
+"""Latent Consistency Model sampling for PixArt-δ (Luo et al. 2023, arXiv:2310.04378, Alg. 3; PixArt-δ,
+Chen et al. 2024, arXiv:2401.05252).
 
 The consistency function is f(x, t) = c_skip(t) * x_vp + c_out(t) * x0(x, t) with
 c_skip = sigma_data^2 / ((s t)^2 + sigma_data^2), c_out = s t / sqrt((s t)^2 + sigma_data^2),
@@ -12,9 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import trange
 
 from .denoiser import EpsDenoiser
-from .samplers import batch_ones, report_step, noise_sampler_from
+from .samplers import batch_ones, default_noise_sampler, report_step
 
 TIMESTEP_SCALING = 10.0
 SIGMA_DATA = 0.5
@@ -62,13 +64,13 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, n
     re-noising is x_vp = sqrt(a_next) * denoised + sqrt(1 - a_next) * noise, as diffusers' LCMScheduler.step.
     """
     extra_args = {} if extra_args is None else extra_args
-    noise_sampler = noise_sampler_from(x, None) if noise_sampler is None else noise_sampler
+    noise_sampler = default_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
     s_in = batch_ones(x)
-    for i in range(len(sigmas) - 1):
+    for i in trange(len(sigmas) - 1, disable=disable):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = model(x, sigma * s_in, **extra_args)  # [B, C, H, W]
+        report_step(callback, i, x, sigmas, denoised)
         x = denoised
         if sigma_next > 0:
-            x = denoised + sigma_next * noise_sampler()  # [B, C, H, W]
-        report_step(callback, i, x, sigmas, denoised)
+            x = denoised + sigma_next * noise_sampler(sigmas[i], sigmas[i + 1])  # [B, C, H, W]
     return x

@@ -9,7 +9,8 @@ step in k-diffusion latents is
 with l_k the Lagrange basis over the data predictions' lambdas (shifted by -lambda_t). The predictor
 extrapolates from past x0's (Adams-Bashforth); the corrector re-does the previous step with the new x0 and
 the same noise xi (Adams-Moulton), "PEC" mode: the model is not re-evaluated after correcting. Order-2 steps
-carry the extra term of diffusers' SASolverScheduler (and the official `sa_solver.py`), so results match it.
+carry the extra term of diffusers' SASolverScheduler (`schedulers/scheduling_sasolver.py`) and of the official
+PixArt-alpha `diffusion/model/sa_solver.py`, so results match them.
 PixArt uses predictor and corrector order 2 and tau = 1 for 200 <= t <= 800, else 0 (`pixart_tau`).
 """
 
@@ -20,8 +21,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import trange
 
-from .samplers import batch_ones, noise_sampler_from, report_step
+from .samplers import batch_ones, default_noise_sampler, report_step
 from .schedule import NoiseSchedule, linear_schedule
 
 TauFn = Callable[[float], float]
@@ -96,23 +98,24 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=N
         if order not in (1, 2, 3, 4):
             raise ValueError(f"{name} must be 1, 2, 3 or 4, got {order!r}")
     extra_args = {} if extra_args is None else extra_args
-    noise_sampler = noise_sampler_from(x, None) if noise_sampler is None else noise_sampler
+    noise_sampler = default_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
     tau = pixart_tau() if tau is None else tau
     s_in = batch_ones(x)
     steps = len(sigmas) - 1
     sigma_list = [float(s) for s in sigmas]
     history: list[torch.Tensor] = []  # x0 predictions, newest last
     pending_correction = None  # (x before the last predictor, its noise, corrector order, its tau)
-    for i in range(steps):
+    for i in trange(steps, disable=disable):
         sigma, sigma_next = sigma_list[i], sigma_list[i + 1]
         denoised = model(x, sigma * s_in, **extra_args)  # [B, C, H, W]
+        report_step(callback, i, x, sigmas, denoised)
         if pending_correction is not None:
             x_last, noise_last, order, tau_last = pending_correction
             values = [denoised] + history[::-1][: order - 1]
             x = sa_update(x_last, sigma_list[i - 1], sigma, sigma_list[i - order + 1 : i + 1][::-1], values,
                           tau_last, noise_last, corrector=True)  # [B, C, H, W]
         history = (history + [denoised])[-max(predictor_order, corrector_order):]
-        noise = noise_sampler()  # [B, C, H, W]
+        noise = noise_sampler(sigmas[i], sigmas[i + 1])  # [B, C, H, W]
         warmed_up = min(i, max(predictor_order, corrector_order - 1))
         order = min(predictor_order, steps - i, warmed_up + 1)
         next_corrector_order = min(corrector_order, steps - i + 1, warmed_up + 2)
@@ -123,5 +126,4 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=N
         else:
             x = sa_update(x, sigma, sigma_next, sigma_list[i - order + 1 : i + 1][::-1], history[::-1][:order],
                           tau_now, noise, corrector=False)  # [B, C, H, W]
-        report_step(callback, i, x, sigmas, denoised)
     return x

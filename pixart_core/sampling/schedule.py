@@ -1,11 +1,13 @@
 """PixArt's DDPM noise schedule and the timestep / sigma sequences each sampler walks.
 
-PixArt-α/Σ train with 1000 DDPM steps and linear betas 1e-4 .. 0.02 (Ho et al. 2020, `np.linspace` as the
-IDDPM "linear" schedule). Samplers here work in the k-diffusion parameterisation (Karras et al. 2022):
+PixArt-α/Σ train with 1000 DDPM steps and linear betas 1e-4 .. 0.02 (Ho et al. 2020, arXiv:2006.11239,
+`np.linspace` as the IDDPM "linear" schedule). Samplers here work in the k-diffusion parameterisation
+(Karras et al. 2022, arXiv:2206.00364):
 x = x_vp / sqrt(alpha_bar), sigma = sqrt((1 - alpha_bar) / alpha_bar), so x = x0 + sigma * eps.
 
 Timestep spacings follow diffusers' schedulers configured as PixArt's released `scheduler_config.json`
 (timestep_spacing "linspace", steps_offset 0), except DDIM, which uses "trailing" (see `ddim_timesteps`).
+Which sampler uses which spacing is a column of the sampler table (`table.py`, `plan_for`).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def euler_timesteps(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
 
 
 def ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """DDIM "trailing" (Lin et al. 2023, Table 2): round(arange(T, 0, -T/steps)) - 1, e.g. 999, 949, ... 49.
+    """DDIM "trailing" (Lin et al. 2023, arXiv:2305.08891, Table 2): round(arange(T, 0, -T/steps)) - 1, e.g. 999, 949, ... 49.
 
     Chosen over "linspace" because diffusers' DDIMScheduler steps from t to t - T // steps, which only lands
     on the next scheduled timestep for "trailing"/"leading" spacing; "trailing" also starts at t = T - 1.
@@ -145,39 +147,10 @@ def strength_start_index(steps: int, denoise: float) -> int:
     return steps - min(int(steps * denoise), steps)
 
 
-def plan_for(schedule: NoiseSchedule, sampler: str, steps: int, denoise: float = 1.0) -> SamplingPlan:
-    """Timesteps and sigmas of `sampler` for `steps` steps, truncated for img2img when `denoise` < 1.
-
-    For every sampler but LCM the full `steps`-step schedule is built and its first
-    `steps - int(steps * denoise)` steps are skipped (diffusers img2img `get_timesteps`). LCM follows
-    diffusers' LCM img2img pipeline instead: it runs all `steps` steps on a grid truncated by `denoise`.
-    """
-    if not 0.0 < denoise <= 1.0:
-        raise ValueError(f"denoise must be in (0, 1], got {denoise!r}")
-    final_sigma = 0.0
-    if sampler == "lcm":
-        timesteps = lcm_timesteps(steps, strength=denoise, num_train_timesteps=schedule.num_train_timesteps)
-        return _make_plan(schedule, timesteps, final_sigma, interpolate=False)
-    if sampler in ("dpmpp_2m", "sa_solver"):
-        timesteps = dpm_timesteps(steps, schedule.num_train_timesteps)
-        if sampler == "sa_solver":
-            final_sigma = float(schedule.sigmas[0])  # diffusers' SASolverScheduler stops at t = 0, not sigma 0
-    elif sampler in ("euler", "euler_ancestral"):
-        timesteps = euler_timesteps(steps, schedule.num_train_timesteps)
-    elif sampler == "ddim":
-        timesteps = ddim_timesteps(steps, schedule.num_train_timesteps)
-    else:
-        raise ValueError(f"unknown sampler {sampler!r}")
-    start = strength_start_index(steps, denoise)
-    if start >= steps:
-        raise ValueError(
-            f"denoise {denoise} with {steps} steps leaves no step to run (int(steps * denoise) = 0); "
-            f"raise denoise or steps"
-        )
-    return _make_plan(schedule, timesteps[start:], final_sigma, interpolate=sampler.startswith("euler"))
-
-
-def _make_plan(schedule: NoiseSchedule, timesteps: np.ndarray, final_sigma: float, interpolate: bool) -> SamplingPlan:
+def plan_from_timesteps(schedule: NoiseSchedule, timesteps: np.ndarray, final_sigma: float,
+                        interpolate: bool) -> SamplingPlan:
+    """The plan evaluating the model at `timesteps` [n] and ending at `final_sigma`; `interpolate` reads sigmas of
+    fractional timesteps linearly between integers (Euler), else at the integer timesteps."""
     if interpolate:
         sigmas = schedule.sigma_at(timesteps)  # [n] fractional timesteps: linear in sigma
     else:

@@ -12,6 +12,18 @@ from typing import Any
 SD_SCALING_FACTOR = 0.18215
 SDXL_SCALING_FACTOR = 0.13025
 
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """A VAE latent space: the scale the diffusion model sees its latents at, and ComfyUI's name for it."""
+
+    scaling_factor: float
+    comfy_latent_format: str  # the class in ComfyUI's comfy/latent_formats.py (latent previews)
+
+
+#: The latent spaces PixArt works in, by name: SD-1.x (PixArt-α) and SDXL (PixArt-Σ).
+LATENT_SPACES = {"sd15": LatentSpace(SD_SCALING_FACTOR, "SD15"), "sdxl": LatentSpace(SDXL_SCALING_FACTOR, "SDXL")}
+
 DOWN_BLOCK_TYPE = "DownEncoderBlock2D"
 UP_BLOCK_TYPE = "UpDecoderBlock2D"
 _DIFFUSERS_FIELDS = (

@@ -1,7 +1,7 @@
 """KL-regularised autoencoder of latent diffusion (Rombach et al., arXiv:2112.10752): image <-> 8x smaller latent.
 
 `encode` returns the UNSCALED latent (the posterior mean, or a posterior sample), `decode` takes an UNSCALED
-latent; the diffusion model works on `(latent - shift_factor) * scaling_factor` (`scale_latent`/`unscale_latent`).
+latent; the diffusion model works on `latent * scaling_factor` (the caller scales, as diffusers' pipelines do).
 """
 
 from __future__ import annotations
@@ -117,22 +117,6 @@ class AutoencoderKL(nn.Module):
     @property
     def downscale(self) -> int:
         return self.config.downscale
-
-    def scale_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        """Unscaled VAE latent -> diffusion-model latent: (z - shift) * scaling_factor."""
-        shift, scale = self._factors()
-        return (latent - shift) * scale  # [B, C, h, w]
-
-    def unscale_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        """Diffusion-model latent -> unscaled VAE latent: z / scaling_factor + shift."""
-        shift, scale = self._factors()
-        return latent / scale + shift  # [B, C, h, w]
-
-    def _factors(self) -> tuple[float, float]:
-        if self.config.scaling_factor is None:
-            raise ValueError("this VAE's scaling_factor is unknown (a bare single-file VAE); pass "
-                             "scaling_factor= to load_vae (0.18215 for SD-1.x/PixArt-α, 0.13025 for SDXL/PixArt-Σ)")
-        return self.config.shift_factor or 0.0, self.config.scaling_factor
 
     # ---- encode / decode --------------------------------------------------------------------------------
 

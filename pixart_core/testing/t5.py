@@ -1,7 +1,8 @@
 """Tiny random T5 encoders (real 32128-token vocabulary, width 32) written in every layout the loader reads.
 
-For tests and `python -m pixart_core make-tiny`: seeded and deterministic, no transformers needed; the
-config.json files carry the fields transformers' T5Config reads, so T5EncoderModel can load the folders.
+Seeded and deterministic, no transformers needed; key names and shapes are read from our `T5Encoder` built on
+the meta device (its module names are the Hugging Face T5EncoderModel keys), and the config.json files carry
+the fields transformers' T5Config reads, so T5EncoderModel can load the folders.
 """
 
 from __future__ import annotations
@@ -12,54 +13,56 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import save_safetensors, save_torch, write_json
-from .cast_linear import quantize_float8
-from .config import T5Config
+from .files import save_safetensors, save_torch, write_json
+from ..t5.cast_linear import CastLinear, quantize_float8
+from ..t5.config import T5Config
+from ..t5.model import T5Encoder
 
 TINY_T5_CONFIG = T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                           relative_attention_num_buckets=32, relative_attention_max_distance=128)
 # T5 v1.0 style (ReLU feed-forward), with heads * d_kv (64) != d_model (32) as in T5 v1.0 11B.
 TINY_T5_V1_0_CONFIG = TINY_T5_CONFIG.replace(d_kv=16, feed_forward_proj="relu")
-TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
+# files of a tokenizer folder copied next to the tiny weights
+TOKENIZER_FOLDER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json",
+                          "added_tokens.json")
 COMFY_PREFIX = "text_encoders.t5xxl.transformer."
 
 
+def _meta_encoder(config: T5Config) -> T5Encoder:
+    return T5Encoder(config, device="meta")
+
+
+def linear_weight_keys(config: T5Config) -> set[str]:
+    """Keys of the Linear weights (q, k, v, o, wi*, wo): the tensors ComfyUI files store in fp8."""
+    return {f"{name}.weight" for name, module in _meta_encoder(config).named_modules()
+            if isinstance(module, CastLinear)}
+
+
 def tiny_t5_state_dict(config: T5Config = TINY_T5_CONFIG, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random float32 weights under Hugging Face T5EncoderModel names (`shared.weight`, `encoder.*`)."""
+    """Random float32 weights under Hugging Face T5EncoderModel names (`shared.weight`, `encoder.*`).
+
+    Standard deviations: embedding 1, Linear weights 1/sqrt(fan_in), relative-position bias 0.5; norms 1 + 0.1 N(0, 1).
+    """
     gen = torch.Generator().manual_seed(seed)
-
-    def randn(*shape: int, std: float) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen) * std
-
-    d, inner, ff = config.d_model, config.inner_dim, config.d_ff
-    state = {"shared.weight": randn(config.vocab_size, d, std=1.0)}
-    for i in range(config.num_layers):
-        attn = f"encoder.block.{i}.layer.0."
-        for name, shape in (("q", (inner, d)), ("k", (inner, d)), ("v", (inner, d)), ("o", (d, inner))):
-            state[f"{attn}SelfAttention.{name}.weight"] = randn(*shape, std=shape[1] ** -0.5)
-        if i == 0:
-            state[f"{attn}SelfAttention.relative_attention_bias.weight"] = randn(
-                config.relative_attention_num_buckets, config.num_heads, std=0.5)
-        state[f"{attn}layer_norm.weight"] = 1.0 + randn(d, std=0.1)
-        mlp = f"encoder.block.{i}.layer.1."
-        for name in (("wi_0", "wi_1") if config.is_gated_act else ("wi",)):
-            state[f"{mlp}DenseReluDense.{name}.weight"] = randn(ff, d, std=d ** -0.5)
-        state[f"{mlp}DenseReluDense.wo.weight"] = randn(d, ff, std=ff ** -0.5)
-        state[f"{mlp}layer_norm.weight"] = 1.0 + randn(d, std=0.1)
-    state["encoder.final_layer_norm.weight"] = 1.0 + randn(d, std=0.1)
+    state = {}
+    for key, value in _meta_encoder(config).state_dict().items():
+        noise = torch.randn(value.shape, generator=gen)  # [*shape]
+        if key.endswith("layer_norm.weight"):
+            state[key] = 1.0 + 0.1 * noise
+        elif key.endswith("relative_attention_bias.weight"):
+            state[key] = 0.5 * noise
+        elif key == "shared.weight":
+            state[key] = noise
+        else:
+            state[key] = noise * value.shape[1] ** -0.5
     return state
 
 
-def _is_linear(key: str) -> bool:
-    return key.endswith(("q.weight", "k.weight", "v.weight", "o.weight", "wi.weight", "wi_0.weight",
-                         "wi_1.weight", "wo.weight"))
-
-
 def copy_tokenizer(tokenizer_dir: Path | None, folder: Path) -> None:
+    """Copy the tokenizer files of `tokenizer_dir` (if given) into `folder`."""
     if tokenizer_dir is None:
         return
-    for name in TOKENIZER_FILES:
+    for name in TOKENIZER_FOLDER_FILES:
         if (Path(tokenizer_dir) / name).is_file():
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{name}.tmp{os.getpid()}"
@@ -100,16 +103,17 @@ def _write_sharded(folder: Path, config: T5Config, state: dict[str, torch.Tensor
     return folder
 
 
-def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype, rest: torch.dtype | None = None) -> dict:
+def _cast(state: dict[str, torch.Tensor], linears: set[str], dtype: torch.dtype,
+          rest: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Linear weights to `dtype`, other tensors to `rest` (default: dtype)."""
-    return {k: v.to(dtype if _is_linear(k) else (rest or dtype)) for k, v in state.items()}
+    return {k: v.to(dtype if k in linears else (rest or dtype)) for k, v in state.items()}
 
 
-def _scaled_fp8(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _scaled_fp8(state: dict[str, torch.Tensor], linears: set[str]) -> dict[str, torch.Tensor]:
     """ComfyUI "scaled fp8": W ≈ W_fp8 * scale_weight per Linear, a `scaled_fp8` marker, the rest in float16."""
     out: dict[str, torch.Tensor] = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
     for key, value in state.items():
-        if _is_linear(key):
+        if key in linears:
             out[key], out[key[: -len("weight")] + "scale_weight"] = quantize_float8(value, torch.float8_e4m3fn)
             if ".SelfAttention.q." in key:  # input scales exist in some files; they do not change the result
                 out[key[: -len("weight")] + "scale_input"] = torch.ones(())
@@ -127,6 +131,7 @@ def write_tiny_t5(out_dir: str | Path, tokenizer_dir: str | Path | None = None, 
     """
     out = Path(out_dir)
     state = tiny_t5_state_dict(TINY_T5_CONFIG, seed)
+    linears = linear_weight_keys(TINY_T5_CONFIG)
     paths: dict[str, Path] = {}
     paths["hf"] = write_hf_folder(out / "t5_hf", TINY_T5_CONFIG, state)
     copy_tokenizer(tokenizer_dir, paths["hf"])
@@ -142,11 +147,12 @@ def write_tiny_t5(out_dir: str | Path, tokenizer_dir: str | Path | None = None, 
 
     files = out / "text_encoders"
     variants = {
-        "comfy_fp32": ("t5xxl_tiny_fp32.safetensors", _cast(state, torch.float32)),
-        "comfy_fp16": ("t5xxl_tiny_fp16.safetensors", _cast(state, torch.float16)),
-        "comfy_bf16": ("t5xxl_tiny_bf16.safetensors", _cast(state, torch.bfloat16)),
-        "comfy_fp8_e4m3fn": ("t5xxl_tiny_fp8_e4m3fn.safetensors", _cast(state, torch.float8_e4m3fn, torch.float16)),
-        "comfy_fp8_e4m3fn_scaled": ("t5xxl_tiny_fp8_e4m3fn_scaled.safetensors", _scaled_fp8(state)),
+        "comfy_fp32": ("t5xxl_tiny_fp32.safetensors", _cast(state, linears, torch.float32)),
+        "comfy_fp16": ("t5xxl_tiny_fp16.safetensors", _cast(state, linears, torch.float16)),
+        "comfy_bf16": ("t5xxl_tiny_bf16.safetensors", _cast(state, linears, torch.bfloat16)),
+        "comfy_fp8_e4m3fn": ("t5xxl_tiny_fp8_e4m3fn.safetensors",
+                             _cast(state, linears, torch.float8_e4m3fn, torch.float16)),
+        "comfy_fp8_e4m3fn_scaled": ("t5xxl_tiny_fp8_e4m3fn_scaled.safetensors", _scaled_fp8(state, linears)),
     }
     prefixed = {COMFY_PREFIX + ("encoder.embed_tokens.weight" if k == "shared.weight" else k): v.half()
                 for k, v in state.items()}

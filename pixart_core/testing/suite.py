@@ -1,4 +1,4 @@
-"""`python -m pixart_core make-tiny OUT`: tiny random-weight checkpoints in every layout the loaders accept.
+"""`python -m pixart_core make-tiny OUT`: every tiny checkpoint, pipeline roots and a ComfyUI models folder.
 
 Layout of OUT:
     transformers/   PixArt DiTs: official .pth/.safetensors, diffusers folders and single files, ComfyUI files
@@ -6,9 +6,10 @@ Layout of OUT:
     vae/            VAEs: diffusers folders, LDM single files, full-checkpoint style
     pipelines/      diffusers pipeline roots (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
                     scheduler/): alpha-1024-ms, sigma-1024, sigma-256 (binning at 256) and lcm (PixArt-δ)
-    comfyui/models/ a ComfyUI models folder with the example workflows' file names
-Used by the tests, the CLI smoke test and the host tests; the T5 tokenizer files are copied from
-`tokenizer_dir` (the real T5 v1.1 tokenizer; never committed).
+    comfyui/models/ a ComfyUI models folder with the file names the example workflows in `workflows/` use
+The T5 tokenizer files are copied from `tokenizer_dir` (the real T5 v1.1 tokenizer, e.g. ComfyUI's
+`comfy/text_encoders/t5_tokenizer`; never committed). Without it the pipeline roots and the T5 folder with a
+tokenizer are left out.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .checkpoint_io import write_json
-from .pixart.tiny import write_tiny_transformers
-from .t5.tiny import TOKENIZER_FILES, write_tiny_t5
-from .vae.tiny import write_tiny_vaes
+from .files import write_json
+from .t5 import TOKENIZER_FOLDER_FILES, write_tiny_t5
+from .transformers import write_tiny_transformers
+from .vae import write_tiny_vaes
 
 SCHEDULER_CONFIGS = {
     "DPMSolverMultistepScheduler": {
@@ -54,12 +55,6 @@ _COMFY_FILES = {
 }
 
 
-def default_tokenizer_dir() -> Path | None:
-    """../shared/testdata/t5_tokenizer beside the project, when present."""
-    candidate = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "t5_tokenizer"
-    return candidate if (candidate / "tokenizer.json").exists() else None
-
-
 def _copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
@@ -76,7 +71,7 @@ def _write_pipeline(root: Path, transformer: Path, t5_folder: Path, vae: Path, p
     (root / "text_encoder").mkdir(parents=True, exist_ok=True)
     (root / "tokenizer").mkdir(parents=True, exist_ok=True)
     for item in t5_folder.iterdir():
-        target = root / ("tokenizer" if item.name in TOKENIZER_FILES else "text_encoder") / item.name
+        target = root / ("tokenizer" if item.name in TOKENIZER_FOLDER_FILES else "text_encoder") / item.name
         _copy(item, target)
     write_json({"_class_name": scheduler, "_diffusers_version": "0.30.0", **SCHEDULER_CONFIGS[scheduler]},
                root / "scheduler" / "scheduler_config.json")

@@ -1,4 +1,4 @@
-"""Tiny random-weight VAEs in every layout `load_vae` accepts (for tests and `python -m pixart_core make-tiny`).
+"""Tiny random-weight VAEs in every layout `load_vae` accepts.
 
 The architecture is the real one (4 levels, 8x downscale, mid attention, GroupNorm with 32 groups, which the
 single-file loader assumes) at widths (32, 32, 64, 64) and one ResNet per encoder level (about 1M parameters).
@@ -12,15 +12,16 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import save_safetensors, save_torch, write_json
-from .config import SD_SCALING_FACTOR, SDXL_SCALING_FACTOR, VAEConfig
-from .convert import to_ldm_state_dict, to_legacy_diffusers_state_dict
-from .model import AutoencoderKL
+from .files import save_safetensors, save_torch, write_json
+from ..vae.config import SD_SCALING_FACTOR, SDXL_SCALING_FACTOR, VAEConfig
+from ..vae.convert import to_ldm_state_dict, to_legacy_diffusers_state_dict
+from ..vae.model import AutoencoderKL
 
 TINY_WIDTHS = (32, 32, 64, 64)
 
 
 def tiny_vae_config(scaling_factor: float | None = SD_SCALING_FACTOR, force_upcast: bool = False) -> VAEConfig:
+    """The tiny VAE's config: SD-like by default, SDXL-like with its scaling factor and force_upcast."""
     return VAEConfig(block_out_channels=TINY_WIDTHS, layers_per_block=1, latent_channels=4, norm_num_groups=32,
                      scaling_factor=scaling_factor, force_upcast=force_upcast)
 
