@@ -39,8 +39,9 @@ UI_SIZES: dict[str, list[int]] = {
     "LoadImage": [370, 330], "SaveImage": [340, 340],
 }
 TITLE_HEIGHT, COLUMN_GAP, ROW_GAP, MARGIN = 30, 60, 40, 40
-# Room left below a node for what the web extension adds after a run (the detected-variant box).
-GROWS_BY: dict[str, int] = {"AtelierModelLoader": 80}
+# Room left below a node for what appears on it after a run: the web extension's detected-variant box on the
+# model loader; the frontend's latent preview on the sampler (frontend 1.27 grows it from 320 to ~534 px tall).
+GROWS_BY: dict[str, int] = {"AtelierModelLoader": 80, "AtelierSampler": 220}
 
 
 @dataclass
