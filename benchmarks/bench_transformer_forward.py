@@ -7,15 +7,19 @@ valid tokens) and "full" (all 120 valid); fp32 and bf16; `torch.inference_mode()
 Runs alternate ours / diffusers (and which goes first) so machine-load noise hits both; medians after warmup.
 "wall" is elapsed time, "cpu" the process CPU time (all threads), which other jobs on the machine disturb less.
 For low-precision dtypes, "err" is each model's max |output - fp32 diffusers output| on the same inputs.
+`--baseline DIR` also times the PixArtTransformer of another checkout's `pixart_core` in DIR (e.g. from
+`git archive HEAD pixart_core | tar -x -C DIR`) in the same rotation, so before/after ratios come from one run.
 
     python benchmarks/bench_transformer_forward.py [--runs 3] [--dtypes float32,bfloat16] [--masks padded,full]
-        [--depth 2] [--threads N] [--json results.json]
+        [--depth 2] [--threads N] [--baseline DIR] [--json results.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import importlib.util
 import json
 import logging
 import statistics
@@ -29,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pixart_core.pixart.config import PixArtConfig  # noqa: E402
 from pixart_core.pixart.convert import diffusers_to_official  # noqa: E402
+from pixart_core.pixart.linear import compute_dtype  # noqa: E402
 from pixart_core.pixart.model import PixArtTransformer  # noqa: E402
 
 LOG = logging.getLogger("bench_transformer_forward")
@@ -55,12 +60,28 @@ def build_reference(depth: int, seed: int = 0):
     return reference
 
 
-def ours_like(reference, depth: int, dtype: torch.dtype) -> PixArtTransformer:
-    config = PixArtConfig(hidden_size=HIDDEN, depth=depth, num_heads=HEADS, caption_channels=CAPTION,
+def ours_like(reference, depth: int, dtype: torch.dtype, package: str = "pixart_core") -> torch.nn.Module:
+    """Our transformer (from `package`, the checked-out one or a `load_baseline` copy) with reference's weights."""
+    config_class = importlib.import_module(f"{package}.pixart.config").PixArtConfig
+    model_class = importlib.import_module(f"{package}.pixart.model").PixArtTransformer
+    config = config_class(hidden_size=HIDDEN, depth=depth, num_heads=HEADS, caption_channels=CAPTION,
                           sample_size=128, pe_interpolation=2.0)
-    ours = PixArtTransformer(config, dtype=dtype).eval()
+    ours = model_class(config, dtype=dtype).eval()
     ours.load_state_dict(diffusers_to_official(reference.state_dict()), strict=True)
     return ours
+
+
+def load_baseline(directory: Path) -> str:
+    """Import DIR/pixart_core under the name `pixart_core_baseline`; returns that package name."""
+    init = directory / "pixart_core" / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"--baseline: {init} not found; extract a pixart_core tree into that folder first")
+    name = "pixart_core_baseline"
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return name
 
 
 def make_inputs(valid: tuple[int, int], seed: int = 1):
@@ -87,32 +108,33 @@ def _synced(fn, device: torch.device):
     return call
 
 
-def time_pair(reference, ours, inputs, runs: int, warmup: int) -> tuple[dict, dict]:
-    """Alternating timings {"wall": [s], "cpu": [s]} for ours and diffusers."""
-    device = inputs[0].device
-    calls = (_synced(lambda: ours(*inputs), device), _synced(lambda: run_reference(reference, *inputs), device))
-    ours_times, reference_times = {"wall": [], "cpu": []}, {"wall": [], "cpu": []}
+def time_rotation(calls: dict, runs: int, warmup: int) -> dict[str, dict]:
+    """Timings {name: {"wall": [s], "cpu": [s]}} of 2 * runs rounds; each round starts one later in the order."""
+    names = list(calls)
+    times = {name: {"wall": [], "cpu": []} for name in names}
     with torch.inference_mode():
         for _ in range(warmup):
-            calls[0](), calls[1]()
+            for name in names:
+                calls[name]()
         for index in range(2 * runs):
-            order = ((calls[0], ours_times), (calls[1], reference_times))
-            for fn, times in order if index % 2 == 0 else order[::-1]:
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
                 start_wall, start_cpu = time.perf_counter(), time.process_time()
-                fn()
-                times["wall"].append(time.perf_counter() - start_wall)
-                times["cpu"].append(time.process_time() - start_cpu)
-    return ours_times, reference_times
+                calls[name]()
+                times[name]["wall"].append(time.perf_counter() - start_wall)
+                times[name]["cpu"].append(time.process_time() - start_cpu)
+    return times
 
 
 def benchmark(depth: int, dtype_names: list[str], mask_names: list[str], runs: int, warmup: int,
-              device: str = "cpu") -> list[dict]:
+              device: str = "cpu", baseline: str | None = None) -> list[dict]:
     reference32 = build_reference(depth).to(device)
     results = []
     for dtype_name in dtype_names:
         dtype = getattr(torch, dtype_name)
         reference = reference32 if dtype == torch.float32 else copy.deepcopy(reference32).to(dtype)
         ours = ours_like(reference32, depth, dtype).to(device)
+        base = None if baseline is None else ours_like(reference32, depth, dtype, baseline).to(device)
         # fp32 evaluation of the same (rounded) weights: the accuracy yardstick for low-precision runs
         exact_model = reference32 if dtype == torch.float32 else copy.deepcopy(reference).float()
         for mask_name in mask_names:
@@ -125,16 +147,19 @@ def benchmark(depth: int, dtype_names: list[str], mask_names: list[str], runs: i
                    "max_abs_diff": (ours_out - reference_out).abs().max().item(),
                    "ours_err_vs_fp32": (ours_out - exact).abs().max().item(),
                    "diffusers_err_vs_fp32": (reference_out - exact).abs().max().item()}
-            ours_times, reference_times = time_pair(reference, ours, inputs, runs, warmup)
+            calls = {"ours": lambda: ours(*inputs), "diffusers": lambda: run_reference(reference, *inputs)}
+            if base is not None:
+                calls["baseline"] = lambda: base(*inputs)
+            times = time_rotation({name: _synced(fn, inputs[0].device) for name, fn in calls.items()}, runs, warmup)
             for clock in ("wall", "cpu"):
-                ours_median = statistics.median(ours_times[clock])
-                reference_median = statistics.median(reference_times[clock])
-                row.update({f"ours_{clock}_s": ours_median, f"diffusers_{clock}_s": reference_median,
-                            f"ratio_{clock}": ours_median / reference_median,
-                            f"ours_{clock}_all_s": ours_times[clock],
-                            f"diffusers_{clock}_all_s": reference_times[clock]})
+                medians = {name: statistics.median(times[name][clock]) for name in times}
+                row.update({f"ratio_{clock}": medians["ours"] / medians["diffusers"]})
+                if base is not None:
+                    row.update({f"baseline_ratio_{clock}": medians["baseline"] / medians["diffusers"]})
+                for name in times:
+                    row.update({f"{name}_{clock}_s": medians[name], f"{name}_{clock}_all_s": times[name][clock]})
             results.append(row)
-        del reference, ours, exact_model
+        del reference, ours, base, exact_model
     return results
 
 
@@ -147,16 +172,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--masks", default="padded,full")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="folder holding another checkout's pixart_core, timed in the same rotation")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    results = benchmark(args.depth, args.dtypes.split(","), args.masks.split(","), args.runs, args.warmup, args.device)
+    baseline = None if args.baseline is None else load_baseline(args.baseline)
+    results = benchmark(args.depth, args.dtypes.split(","), args.masks.split(","), args.runs, args.warmup,
+                        args.device, baseline)
 
-    LOG.info("torch %s, %d threads, depth %d, batch %d, latent %dx%d, %d tokens; medians of %d runs",
-             torch.__version__, torch.get_num_threads(), args.depth, BATCH, LATENT, LATENT, TOKENS, 2 * args.runs)
+    native_bf16 = compute_dtype(torch.empty(0, dtype=torch.bfloat16)) == torch.bfloat16
+    LOG.info("torch %s, %d threads, depth %d, batch %d, latent %dx%d, %d tokens; medians of %d runs; "
+             "CPU bf16 products: %s", torch.__version__, torch.get_num_threads(), args.depth, BATCH, LATENT, LATENT,
+             TOKENS, 2 * args.runs, "native" if native_bf16 else "run in fp32 (no AVX512-BF16/AMX)")
     header = ("dtype", "mask", "ours wall", "diff wall", "ratio", "ours cpu", "diff cpu", "ratio",
               "|ours-diff|", "ours err", "diff err")
     LOG.info("%-9s %-7s %9s %9s %6s %9s %9s %6s %11s %9s %9s", *header)
@@ -165,9 +196,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  row["ours_wall_s"], row["diffusers_wall_s"], row["ratio_wall"], row["ours_cpu_s"],
                  row["diffusers_cpu_s"], row["ratio_cpu"], row["max_abs_diff"], row["ours_err_vs_fp32"],
                  row["diffusers_err_vs_fp32"])
+    if baseline is not None:
+        LOG.info("baseline %s:", args.baseline)
+        LOG.info("%-9s %-7s %9s %6s %9s %6s", "dtype", "mask", "base wall", "ratio", "base cpu", "ratio")
+        for row in results:
+            LOG.info("%-9s %-7s %9.3f %6.3f %9.3f %6.3f", row["dtype"], row["mask"], row["baseline_wall_s"],
+                     row["baseline_ratio_wall"], row["baseline_cpu_s"], row["baseline_ratio_cpu"])
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                         "depth": args.depth, "device": args.device, "results": results}, indent=2))
+                                         "depth": args.depth, "device": args.device, "native_bf16": native_bf16,
+                                         "baseline": None if baseline is None else str(args.baseline),
+                                         "results": results}, indent=2))
     return results
 
 

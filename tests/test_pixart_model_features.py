@@ -291,7 +291,7 @@ def test_dtype_and_device_arguments():
 @pytest.mark.parametrize("native", [False, True])
 def test_cpu_bf16_compute_policy(monkeypatch, native):
     """bf16 products run in fp32 on CPUs without native bf16, natively otherwise; both give bf16 out."""
-    monkeypatch.setattr(linear_module, "_cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(linear_module, "cpu_has_native_bf16", lambda: native)
     probe = torch.zeros(2, dtype=torch.bfloat16)
     assert linear_module.compute_dtype(probe) == (torch.bfloat16 if native else torch.float32)
     assert linear_module.compute_dtype(probe.half()) == torch.float16

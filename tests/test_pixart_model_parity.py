@@ -96,7 +96,7 @@ def test_forward_matches_diffusers(name):
     assert expected.abs().max() > 0.5  # a real signal, not all-zero outputs
     diff = (got - expected).abs().max().item()
     assert diff <= FP32_TOL, f"{name}: max |ours - diffusers| = {diff:.3g}"
-    # the autograd path (no workspace, no in-place updates) computes the same thing
+    # the autograd path (no scratch buffers, no in-place updates) computes the same thing
     assert (got_grad_path - got).abs().max().item() <= 1e-6
 
 

@@ -1,7 +1,8 @@
 """PixArt self-attention (with optional Σ qk-norm and KV token compression) and text cross-attention.
 
 Heads are contiguous `head_dim`-wide slices; fused weights stack rows [q; k; v] (`qkv`) and [k; v]
-(`kv_linear`) as in the official checkpoints (pixart.md §1.2, §1.6, §1.7). Products run through one GEMM per
+(`kv_linear`) as in the official checkpoints (`Attention`, `AttentionKVCompress` and `MultiHeadCrossAttention`
+in the PixArt-sigma repository's `diffusion/model/nets/PixArt_blocks.py`). Products run through one GEMM per
 fused weight and torch SDPA on [B, heads, tokens, head_dim] views (the layout the CPU flash kernel reads
 without copies; its output transposes back to [B, tokens, C] for free).
 """
@@ -12,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .linear import Workspace, linear
+from .linear import ComputeLinear
 
-KV_NORM_EPS = 1e-5  # nn.LayerNorm default, used by the Σ qk-norm and KV-compress norms (pixart.md §1.10)
+KV_NORM_EPS = 1e-5  # nn.LayerNorm default, used by the Σ qk-norm and KV-compress norms (`AttentionKVCompress`)
 
 
 def _merge_heads(out: Tensor) -> Tensor:
@@ -44,8 +45,8 @@ class SelfAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.kv_compress_ratio = kv_compress_ratio
         self.kv_compress_sampling = kv_compress_sampling
-        self.qkv = nn.Linear(dim, 3 * dim, dtype=dtype, device=device)
-        self.proj = nn.Linear(dim, dim, dtype=dtype, device=device)
+        self.qkv = ComputeLinear(dim, 3 * dim, role="qkv", dtype=dtype, device=device)
+        self.proj = ComputeLinear(dim, dim, role="proj", dtype=dtype, device=device)
         self.q_norm = nn.LayerNorm(dim, eps=KV_NORM_EPS, dtype=dtype, device=device) if qk_norm else None
         self.k_norm = nn.LayerNorm(dim, eps=KV_NORM_EPS, dtype=dtype, device=device) if qk_norm else None
         if kv_compress_ratio > 1 and kv_compress_sampling == "conv":
@@ -73,11 +74,11 @@ class SelfAttention(nn.Module):
             grid = grid[:, :, ::ratio, ::ratio]  # [B, C, ceil(h/r), ceil(w/r)]
         return grid.flatten(2).transpose(1, 2)  # [B, M, C]
 
-    def forward(self, x: Tensor, grid_hw: tuple[int, int], workspace: Workspace | None = None) -> Tensor:
+    def forward(self, x: Tensor, grid_hw: tuple[int, int]) -> Tensor:
         """[B, N, C] (N = h*w, row-major) -> [B, N, C] in the compute dtype (see `linear.compute_dtype`)."""
         batch, tokens, channels = x.shape
         heads, head_dim = self.num_heads, self.head_dim
-        qkv = linear(x, self.qkv.weight, self.qkv.bias, workspace=workspace, out="qkv")  # [B, N, 3C]
+        qkv = self.qkv(x)  # [B, N, 3C]
         if self.q_norm is None and self.kv_compress_ratio == 1:
             q, k, v = qkv.view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, d]
         else:
@@ -90,32 +91,30 @@ class SelfAttention(nn.Module):
             k = k.reshape(batch, -1, heads, head_dim).transpose(1, 2)  # [B, H, M, d]
             v = v.reshape(batch, -1, heads, head_dim).transpose(1, 2)  # [B, H, M, d]
         out = _merge_heads(F.scaled_dot_product_attention(q, k, v))  # [B, N, C]
-        return linear(out, self.proj.weight, self.proj.bias, workspace=workspace, out="proj")  # [B, N, C]
+        return self.proj(out)  # [B, N, C]
 
 
 class CrossAttention(nn.Module):
     """Image tokens attend to caption tokens (keys `q_linear`, `kv_linear`, `proj`); the query is the
-    un-normalised residual stream (no norm, no gate: pixart.md §1.2)."""
+    un-normalised residual stream (no norm, no gate: `PixArtMSBlock.forward` in the PixArt-alpha repository's
+    `diffusion/model/nets/PixArtMS.py`)."""
 
     def __init__(self, dim: int, num_heads: int, *, dtype=None, device=None):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.q_linear = nn.Linear(dim, dim, dtype=dtype, device=device)
-        self.kv_linear = nn.Linear(dim, 2 * dim, dtype=dtype, device=device)
-        self.proj = nn.Linear(dim, dim, dtype=dtype, device=device)
+        self.q_linear = ComputeLinear(dim, dim, role="cross_q", dtype=dtype, device=device)
+        self.kv_linear = ComputeLinear(dim, 2 * dim, role="cross_kv", dtype=dtype, device=device)
+        self.proj = ComputeLinear(dim, dim, role="proj", dtype=dtype, device=device)
 
-    def forward(self, x: Tensor, context: Tensor, keep: Tensor | None = None,
-                workspace: Workspace | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, keep: Tensor | None = None) -> Tensor:
         """x [B, N, C], context [B, L, C], keep bool [B, 1, 1, L] or None (all kept) -> [B, N, C]."""
         batch, tokens, _ = x.shape
         heads, head_dim = self.num_heads, self.head_dim
-        q = linear(x, self.q_linear.weight, self.q_linear.bias, workspace=workspace, out="cross_q")  # [B, N, C]
-        q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)  # [B, H, N, d]
-        kv = linear(context, self.kv_linear.weight, self.kv_linear.bias, workspace=workspace,
-                    out="cross_kv")  # [B, L, 2C]
+        q = self.q_linear(x).view(batch, tokens, heads, head_dim).transpose(1, 2)  # [B, H, N, d]
+        kv = self.kv_linear(context)  # [B, L, 2C]
         k, v = kv.view(batch, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, L, d]
         if q.dtype != k.dtype:
             k, v = k.to(q.dtype), v.to(q.dtype)  # [B, H, L, d]
         out = _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep))  # [B, N, C]
-        return linear(out, self.proj.weight, self.proj.bias, workspace=workspace, out="proj")  # [B, N, C]
+        return self.proj(out)  # [B, N, C]

@@ -1,7 +1,8 @@
 """PixArt input embeddings: patches, 2-D sin-cos positions, timesteps, micro-conditions and captions.
 
-Formulas follow PixArt-α (arXiv:2310.00426) / PixArt-Σ (arXiv:2403.04692); see pixart.md §1.3-1.5.
-Module and parameter names equal the official checkpoint keys.
+Formulas follow PixArt-α (arXiv:2310.00426) / PixArt-Σ (arXiv:2403.04692) and the PixArt-alpha repository
+(`diffusion/model/nets/PixArt_blocks.py` for the embedders, `get_2d_sincos_pos_embed` in
+`diffusion/model/nets/PixArt.py` for positions). Module and parameter names equal the official checkpoint keys.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import GeluMlp
-from .linear import linear
+from .linear import ComputeLinear, linear
 
 FREQUENCY_EMBEDDING_SIZE = 256
 
@@ -31,7 +32,7 @@ def timestep_sinusoid(values: Tensor, dim: int = FREQUENCY_EMBEDDING_SIZE, max_p
 
 def sincos_pos_embed_2d(dim: int, height: int, width: int, base_size: int, interpolation: float,
                         device: torch.device | str | None = None) -> Tensor:
-    """Official 2-D sin-cos table [height*width, dim] in float64 (pixart.md §1.5).
+    """Official 2-D sin-cos table [height*width, dim] in float64.
 
     Grid positions are float32 like the reference numpy code (`arange / (H / base_size) / interpolation`);
     the first dim/2 channels encode the column (w) coordinate, the last dim/2 the row (h); each half is
@@ -77,17 +78,15 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, *, dtype=None, device=None):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(FREQUENCY_EMBEDDING_SIZE, hidden_size, dtype=dtype, device=device),
+            ComputeLinear(FREQUENCY_EMBEDDING_SIZE, hidden_size, dtype=dtype, device=device),
             nn.SiLU(),
-            nn.Linear(hidden_size, hidden_size, dtype=dtype, device=device),
+            ComputeLinear(hidden_size, hidden_size, dtype=dtype, device=device),
         )
 
     def forward(self, values: Tensor) -> Tensor:
-        """[M] scalars (float or int, fractional allowed) -> [M, hidden]."""
-        first, last = self.mlp[0], self.mlp[2]
-        freq = timestep_sinusoid(values).to(first.weight.dtype)  # [M, 256]
-        hidden = torch.nn.functional.silu(linear(freq, first.weight, first.bias))  # [M, hidden]
-        return linear(hidden, last.weight, last.bias)  # [M, hidden]
+        """[M] scalars (float or int, fractional allowed) -> [M, hidden] in the compute dtype."""
+        freq = timestep_sinusoid(values).to(self.mlp[0].weight.dtype)  # [M, 256]
+        return self.mlp(freq)  # [M, hidden]
 
 
 class SizeEmbedder(TimestepEmbedder):

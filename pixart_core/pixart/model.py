@@ -2,11 +2,14 @@
 
 Parameter names equal the official checkpoint keys, so an official state dict (minus `pos_embed`) loads
 with `strict=True`; diffusers weights go through `convert.diffusers_to_official`. The forward follows the
-official `PixArtMS.forward` (pixart.md §1.2): the sin-cos position table is recomputed for each latent size
-(cached per size/device/dtype), padded caption tokens are ignored exactly, and the final layer uses t.
+official `PixArtMS.forward` (PixArt-alpha repository, `diffusion/model/nets/PixArtMS.py`): the sin-cos
+position table is recomputed for each latent size (cached per size/device/dtype), padded caption tokens are
+ignored exactly, and the final layer uses t.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,11 +17,12 @@ from torch import Tensor, nn
 from .blocks import FinalLayer, PixArtBlock
 from .config import PixArtConfig
 from .embeddings import CaptionEmbedder, PatchEmbed, SizeEmbedder, TimestepEmbedder, sincos_pos_embed_2d
-from .linear import Workspace, linear
+from .linear import ComputeLinear, ScratchPool
+from ..controlnet.apply import active_controls, run_controlled_blocks
 
 
 class PixArtTransformer(nn.Module):
-    """PixArt DiT: `forward(x, timestep, context, context_mask, resolution, aspect_ratio) -> [B, out, H, W]`."""
+    """PixArt DiT: `forward(x, timestep, context, context_mask, resolution, aspect_ratio, controls) -> [B, out, H, W]`."""
 
     def __init__(self, config: PixArtConfig, *, dtype=None, device=None):
         super().__init__()
@@ -29,7 +33,7 @@ class PixArtTransformer(nn.Module):
         kw = {"dtype": dtype, "device": device}
         self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, hidden, **kw)
         self.t_embedder = TimestepEmbedder(hidden, **kw)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden, **kw))
+        self.t_block = nn.Sequential(nn.SiLU(), ComputeLinear(hidden, 6 * hidden, **kw))
         null_tokens = config.model_max_length if config.has_null_caption else None
         self.y_embedder = CaptionEmbedder(config.caption_channels, hidden, null_tokens, **kw)
         if config.micro_condition:
@@ -44,6 +48,10 @@ class PixArtTransformer(nn.Module):
         )
         self.final_layer = FinalLayer(hidden, config.patch_size, config.out_channels, **kw)
         self._pos_cache: dict[tuple, Tensor] = {}
+        self.scratch = ScratchPool()  # output buffers shared by the linears of one role, lent per forward
+        for module in self.modules():
+            if isinstance(module, ComputeLinear):
+                module.scratch = self.scratch
 
     def position_table(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """Cached sin-cos table [h*w, C] for a (h, w) patch grid (computed in float64, then cast)."""
@@ -100,19 +108,23 @@ class PixArtTransformer(nn.Module):
         return kept, valid[:, None, None, :]  # [B, 1, 1, kept]
 
     def forward(self, x: Tensor, timestep: Tensor | float, context: Tensor, context_mask: Tensor | None = None,
-                resolution: Tensor | None = None, aspect_ratio: Tensor | None = None) -> Tensor:
+                resolution: Tensor | None = None, aspect_ratio: Tensor | None = None,
+                controls: Sequence | None = None) -> Tensor:
         """Predict [ε, learned-σ value] for latents.
 
         x [B, in, H, W] (H, W multiples of the patch size); timestep [B] (DDPM index, fractional allowed);
         context [B, L, caption_channels] T5 features; context_mask [B, L] (1 = keep); resolution [B, 2]
-        (h, w in pixels) and aspect_ratio [B] or [B, 1] for micro-conditioned models (default: from x).
-        Returns [B, out_channels, H, W] in x's dtype."""
+        (h, w in pixels) and aspect_ratio [B] or [B, 1] for micro-conditioned models (default: from x);
+        controls: PixArt-δ ControlNets as (controlnet, control_latent [1 or B', in, H, W] in x's scaled latent
+        space, tiled over the batch, strength) items (`pixart_core.controlnet.apply`); none, or strength 0,
+        runs the plain model. Returns [B, out_channels, H, W] in x's dtype."""
         batch, _, height, width = x.shape
         p = self.config.patch_size
         if height % p or width % p:
             raise ValueError(f"latent size {height}x{width} is not a multiple of the patch size {p}")
         if context.shape[0] != batch:
             raise ValueError(f"context batch {context.shape[0]} does not match latent batch {batch}")
+        active = active_controls(self, controls, x) if controls else []  # checked before any compute
         grid_hw = (height // p, width // p)
         dtype = self.x_embedder.proj.weight.dtype
 
@@ -120,20 +132,20 @@ class PixArtTransformer(nn.Module):
         pos = self.position_table(*grid_hw, tokens.device, tokens.dtype)  # [N, C]
         tokens = (tokens + pos if torch.is_grad_enabled() else tokens.add_(pos)).to(dtype)  # [B, N, C]
         t = self.embed_conditions(timestep, batch, x, resolution, aspect_ratio).to(dtype)  # [B, C]
-        t_linear = self.t_block[1]
-        t0 = linear(torch.nn.functional.silu(t), t_linear.weight, t_linear.bias).to(dtype)  # [B, 6C]
-        t0 = t0.view(batch, 6, -1)  # [B, 6, C]
+        t0 = self.t_block(t).to(dtype).view(batch, 6, -1)  # [B, 6, C]
 
         kept, keep = self.caption_keep(context_mask, batch, context.shape[1])
         caption = context[:, :kept].to(dtype)  # [B, L', caption_channels]
         caption = self.y_embedder(caption)  # [B, L', C] in the compute dtype
 
-        workspace = None if torch.is_grad_enabled() else Workspace()
-        for block in self.blocks:
-            tokens = block(tokens, t0, caption, keep, grid_hw, workspace)  # [B, N, C]
-
-        out = self.final_layer(tokens, t, workspace)  # [B, N, p*p*out]
-        return self.unpatchify(out, grid_hw).to(x.dtype)  # [B, out, H, W]
+        with self.scratch.lend():
+            if active:
+                tokens = run_controlled_blocks(self, tokens, active, t0, caption, keep, grid_hw)  # [B, N, C]
+            else:
+                for block in self.blocks:
+                    tokens = block(tokens, t0, caption, keep, grid_hw)  # [B, N, C]
+            out = self.final_layer(tokens, t)  # [B, N, p*p*out]
+            return self.unpatchify(out, grid_hw).to(x.dtype)  # [B, out, H, W]
 
     def unpatchify(self, tokens: Tensor, grid_hw: tuple[int, int]) -> Tensor:
         """[B, h*w, p*p*c] -> [B, c, h*p, w*p] (token layout (p_h, p_w, c), as official `unpatchify`)."""
