@@ -1,6 +1,8 @@
 """ComfyUI node classes (V1 API). Imported as `<pack>.nodes`, never as a top-level `nodes` module."""
 
+from .controlnet import AtelierApplyControlNet, AtelierControlNetLoader
 from .loaders import AtelierModelLoader, AtelierT5Loader, AtelierVAELoader
+from .preprocessors import AtelierCannyPreprocessor, AtelierHEDPreprocessor
 from .resolution import AtelierResolutionSelect
 from .sampler import AtelierSampler
 from .text import AtelierT5TextEncode
@@ -15,6 +17,10 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "AtelierSampler": AtelierSampler,
     "AtelierVAEDecode": AtelierVAEDecode,
     "AtelierVAEEncode": AtelierVAEEncode,
+    "AtelierControlNetLoader": AtelierControlNetLoader,
+    "AtelierApplyControlNet": AtelierApplyControlNet,
+    "AtelierHEDPreprocessor": AtelierHEDPreprocessor,
+    "AtelierCannyPreprocessor": AtelierCannyPreprocessor,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -26,4 +32,8 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "AtelierSampler": "PixArt Sampler",
     "AtelierVAEDecode": "PixArt VAE Decode",
     "AtelierVAEEncode": "PixArt VAE Encode",
+    "AtelierControlNetLoader": "PixArt ControlNet Loader",
+    "AtelierApplyControlNet": "PixArt Apply ControlNet",
+    "AtelierHEDPreprocessor": "PixArt HED Preprocessor",
+    "AtelierCannyPreprocessor": "PixArt Canny Preprocessor",
 }

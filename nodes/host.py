@@ -40,6 +40,7 @@ FOLDER_MODELS = {
     "vae": ("autoencoderkl",),
     "diffusion_models": ("transformer2dmodel",),
     "checkpoints": ("transformer2dmodel",),
+    "controlnet": ("pixartcontrolnet",),
 }
 
 
@@ -65,6 +66,20 @@ def model_folders(kind: str) -> list[Path]:
             return []
     base = os.environ.get(MODELS_ENV)
     return [Path(base) / name for name in FALLBACK_FOLDERS.get(kind, (kind,))] if base else []
+
+
+def register_model_folder(kind: str, extensions: tuple[str, ...]) -> None:
+    """Make `kind` (e.g. "annotators") a model folder kind of ComfyUI, `models/<kind>`, merged with what is
+    registered already (extra_model_paths.yaml, other packs): their folders stay, ours is added, and listed
+    extensions gain `extensions`. Outside ComfyUI the kind is `$PIXART_ATELIER_MODELS/<kind>` with no call."""
+    if not in_comfyui():
+        return
+    folder_paths = comfy_module("folder_paths")
+    known = kind in folder_paths.folder_names_and_paths
+    folder_paths.add_model_folder_path(kind, os.path.join(folder_paths.models_dir, kind))
+    paths, listed = folder_paths.folder_names_and_paths[kind]
+    if not known or listed:  # an empty set lists every file: keep it that way
+        folder_paths.folder_names_and_paths[kind] = (paths, set(listed) | set(extensions))
 
 
 def _is_model_folder(folder: Path, words: tuple[str, ...]) -> bool:

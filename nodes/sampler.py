@@ -7,6 +7,7 @@ import torch
 from ..pixart_core.sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, SamplingInterrupted, cfg_eps_fn, sample,
                                     sampler_spec)
 from . import host
+from .controlnet import controls_of, encode_hints, load_with_controlnets, scheduled_controls
 from .types import CATEGORY, PIXART_CONDITIONING, PIXART_MODEL
 
 MAX_RESOLUTION = 8192
@@ -35,15 +36,19 @@ def run_sampler(model, positive, negative, seed, steps, cfg, sampler_name, width
     if lat_h % config.patch_size or lat_w % config.patch_size:
         raise ValueError(f"the latent is {lat_w}x{lat_h}; PixArt needs sizes that are multiples of 16 pixels")
     noise = _noise(seed, (batch_size, config.in_channels, lat_h, lat_w))
+    hints = controls_of(positive, negative)
+    control_latents = encode_hints(hints, lat_w * 8, lat_h * 8, batch_size, scale)  # before the DiT takes the GPU
 
-    module = host.load_on_device(model.handle)
+    module, control_modules = load_with_controlnets(model.handle, hints)
+    controls = scheduled_controls(hints, control_latents, control_modules)
     param = next(module.parameters())
     device, dtype = param.device, param.dtype
     cond, cond_mask = positive.repeat_to(batch_size)  # [B, L, C], [B, L]
     neg, neg_mask = negative.repeat_to(batch_size)
     # micro-conditions (α-1024-MS): the model takes the latent's size and ratio, as the reference pipelines do
+    # ControlNets: those the positive conditioning carries (see controls_of), one latent for the CFG batch
     eps_fn = cfg_eps_fn(module, cond.to(device, dtype), cond_mask.to(device), neg.to(device, dtype),
-                        neg_mask.to(device), cfg)
+                        neg_mask.to(device), cfg, controls=controls)
 
     preview = host.preview_callback(model.latent_space)
     bars = []  # created at the first step: image-to-image runs fewer steps than asked
@@ -70,7 +75,8 @@ class AtelierSampler:
 
     DESCRIPTION = ("Generates latents with a PixArt model: DPM-Solver++ 2M (20 steps, cfg 4.5) by default, "
                    "SA-Solver, Euler, Euler ancestral, DDIM, or LCM for PixArt-δ (4 steps, cfg 1). Connect a "
-                   "latent and lower denoise for image-to-image. The output decodes with core VAE Decode.")
+                   "latent and lower denoise for image-to-image. ControlNets attached by PixArt Apply ControlNet "
+                   "are taken from the positive conditioning. The output decodes with core VAE Decode.")
     CATEGORY = f"{CATEGORY}/sampling"
     FUNCTION = "generate"
     RETURN_TYPES = ("LATENT",)

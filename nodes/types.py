@@ -15,6 +15,7 @@ import torch
 PIXART_MODEL = "PIXART_MODEL"
 PIXART_T5 = "PIXART_T5"
 PIXART_CONDITIONING = "PIXART_CONDITIONING"
+PIXART_CONTROLNET = "PIXART_CONTROLNET"
 
 CATEGORY = "PixArt Atelier"
 
@@ -46,12 +47,35 @@ class PixArtT5:
 
 
 @dataclass
+class PixArtControlNet:
+    """What travels through a PIXART_CONTROLNET socket: a loaded PixArt-δ ControlNet's host handle and summary."""
+
+    handle: object
+    summary: str
+
+
+@dataclass(frozen=True, eq=False)
+class ControlHint:
+    """One ControlNet applied to a conditioning: the control image (IMAGE [B, H, W, C] in 0..1, on the CPU), the
+    VAE that encodes it at the generation size when sampling, the strength and the start/end percent window."""
+
+    controlnet: PixArtControlNet
+    image: torch.Tensor
+    vae: object
+    strength: float
+    start_percent: float
+    end_percent: float
+
+
+@dataclass
 class PixArtConditioning:
-    """T5 hidden states [N, L, C] and mask [N, L] for one prompt (N = 1) or a batch, on the CPU."""
+    """T5 hidden states [N, L, C] and mask [N, L] for one prompt (N = 1) or a batch, on the CPU, and the
+    ControlNets applied to it (Apply ControlNet returns a new conditioning; objects are never changed)."""
 
     hidden: torch.Tensor
     mask: torch.Tensor
     prompts: list[str] = field(default_factory=list)
+    controls: tuple[ControlHint, ...] = ()
 
     def repeat_to(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.hidden.shape[0]

@@ -1,7 +1,7 @@
 """PixArt Atelier core: PixArt-α/Σ/δ in pure PyTorch (no ComfyUI imports).
 
 Public entry points (imported lazily so that `import pixart_core` stays cheap):
-    load_transformer, load_t5_encoder, load_t5_tokenizer, load_vae, PixArtPipeline, PixArtConfig
+    load_transformer, load_controlnet, load_t5_encoder, load_t5_tokenizer, load_vae, PixArtPipeline, PixArtConfig
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ _EXPORTS = {
     "load_transformer": ".pixart.load",
     "PixArtTransformer": ".pixart.model",
     "PixArtConfig": ".pixart.config",
+    "load_controlnet": ".controlnet.load",
     "load_t5_encoder": ".t5",
     "load_t5_tokenizer": ".t5",
     "load_vae": ".vae",

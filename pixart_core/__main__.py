@@ -51,6 +51,60 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--variant", help="override detection with a variant name (e.g. sigma-1024, alpha-512)")
     p.add_argument("--lcm", action="store_true", help="treat the model as PixArt-δ LCM (4 steps, no CFG)")
+    c = p.add_argument_group("PixArt-δ ControlNet")
+    c.add_argument("--controlnet", help="ControlNet file or folder (official .pth, controlnet-only .pth/.safetensors, "
+                   "diffusers folder), e.g. PixArt-XL-2-1024-ControlNet.pth with --model PixArt-XL-2-1024-MS")
+    c.add_argument("--control-image", help="control image (an edge map, or a photo with --control-preprocess)")
+    c.add_argument("--control-strength", type=float, default=1.0, help="ControlNet strength (default: 1.0)")
+    c.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where control starts (0)")
+    c.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where control ends (1)")
+    c.add_argument("--control-preprocess", choices=("none", "hed", "canny"), default="none",
+                   help="turn --control-image into edges first, at the generation size: hed (needs --hed, as "
+                        "PixArt-δ was trained) or canny (default: none, the image is the edge map)")
+    c.add_argument("--hed", help="ControlNetHED.pth (lllyasviel/Annotators) for --control-preprocess hed")
+    c.add_argument("--canny-low", type=float, default=100.0, help="Canny low threshold, 0..255 (default: 100)")
+    c.add_argument("--canny-high", type=float, default=200.0, help="Canny high threshold, 0..255 (default: 200)")
+
+
+def _check_control_args(args) -> None:
+    """Usage errors of the ControlNet flags, before anything is loaded."""
+    if bool(args.controlnet) != bool(args.control_image):
+        raise ValueError("--controlnet and --control-image go together: pass both (or neither)")
+    if args.control_preprocess == "hed" and not args.hed:
+        raise ValueError("--control-preprocess hed needs --hed PATH (ControlNetHED.pth from lllyasviel/Annotators)")
+    for flag in ("--control-image", "--controlnet", "--hed"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value and not Path(value).exists():
+            raise FileNotFoundError(f"{flag} {value}: file not found")
+
+
+def _read_rgb(path: str):
+    """An image file -> float32 [1, 3, H, W] in 0..1."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None]  # [1, 3, H, W]
+
+
+def _control_image(args, size: tuple[int, int], device):
+    """The --control-image as the pipeline's control_image [1, 1 or 3, H, W] in 0..1; preprocessed at the generation
+    size (PixArt-α `app/app_controlnet.py` runs HED on the image brought to the bin)."""
+    from .bins import resize_and_crop
+
+    image = _read_rgb(args.control_image)  # [1, 3, H, W]
+    if args.control_preprocess == "none":
+        return image
+    image = resize_and_crop(image, size[1], size[0])  # [1, 3, h, w] the generation size
+    if args.control_preprocess == "canny":
+        from .controlnet.canny import canny_edges
+
+        return canny_edges(image, args.canny_low, args.canny_high)  # [1, 1, h, w]
+    from .controlnet.hed import hed_edges, load_hed
+
+    return hed_edges(load_hed(args.hed, device=device), image)  # [1, 1, h, w]
 
 
 def _generate(args) -> int:
@@ -59,6 +113,7 @@ def _generate(args) -> int:
 
     from .pipeline import PixArtPipeline
 
+    _check_control_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype_from_name(args.dtype) if args.dtype else default_dtype(device)
     model = args.model
@@ -71,13 +126,17 @@ def _generate(args) -> int:
                                           text_encoder_dtype=dtype_from_name(args.t5_dtype) if args.t5_dtype else None,
                                           lcm=True if args.lcm else None)
     log.info("model: %s", getattr(pipe.transformer, "detection", None) and pipe.transformer.detection.summary())
-    image = None
-    if args.image:
-        import numpy as np
-        from PIL import Image
+    image = _read_rgb(args.image).repeat(args.batch, 1, 1, 1) if args.image else None  # [B, 3, H, W]
+    control = {}
+    if args.controlnet:
+        from .controlnet import load_controlnet
 
-        rgb = np.asarray(Image.open(args.image).convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
-        image = torch.from_numpy(rgb).permute(2, 0, 1)[None].repeat(args.batch, 1, 1, 1)  # [B, 3, H, W]
+        controlnet = load_controlnet(args.controlnet, dtype=dtype, device=device)
+        log.info("controlnet: %s", controlnet.summary)
+        size = pipe.generation_size(args.height, args.width, not args.no_binning)
+        control = {"controlnet": controlnet, "control_image": _control_image(args, size, device),
+                   "controlnet_conditioning_scale": args.control_strength,
+                   "control_guidance_start": args.control_start, "control_guidance_end": args.control_end}
     bar = tqdm(total=1, desc="sampling", unit="step", disable=None)
 
     def on_step(step: int, total: int, *_):
@@ -87,7 +146,7 @@ def _generate(args) -> int:
     images = pipe(args.prompt, negative_prompt=args.negative, height=args.height, width=args.width,
                   num_inference_steps=args.steps, guidance_scale=args.cfg, sampler=args.sampler, seed=args.seed,
                   use_resolution_binning=not args.no_binning, num_images_per_prompt=args.batch,
-                  image=image, strength=args.strength, callback=on_step)
+                  image=image, strength=args.strength, callback=on_step, **control)
     bar.close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Text-to-image (and image-to-image) with PixArt-α/Σ/δ, called like diffusers' PixArt pipelines.
 
 Phases of `__call__`: 1. resolution binning  2. prompt encoding (T5, padded to the model's caption length, with masks)
-3. latents  4. sampling with classifier-free guidance (cond and uncond in one batch)  5. VAE decode and
-resize-and-crop back to the requested size.
+3. latents (and control latents for PixArt-δ ControlNets)  4. sampling with classifier-free guidance (cond and
+uncond in one batch)  5. VAE decode and resize-and-crop back to the requested size.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from .bins import bins_for, closest_bin, resize_and_crop
+from .controlnet.condition import prepare_controls
 from .sampling import DEFAULT_SAMPLER, cfg_eps_fn, sample, sampler_spec
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,8 @@ class PixArtPipeline:
         hidden, mask = encode_prompts(self.text_encoder, self.tokenizer, prompts, max_length or self.max_sequence_length)
         return hidden.to(self.device, self.dtype), mask.to(self.device)
 
-    def _size(self, height: int, width: int, binning: bool) -> tuple[int, int]:
+    def generation_size(self, height: int, width: int, binning: bool = True) -> tuple[int, int]:
+        """The (height, width) sampled at: the model's nearest aspect-ratio bin, or the size itself unbinned."""
         if height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive, got {height}x{width}")
         if binning:
@@ -142,8 +144,17 @@ class PixArtPipeline:
                  sampler: str | None = None, seed: int | None = None, latents: torch.Tensor | None = None,
                  use_resolution_binning: bool = True, output_type: str = "pil", num_images_per_prompt: int = 1,
                  generator: torch.Generator | None = None, image: torch.Tensor | None = None, strength: float = 0.6,
-                 callback: Callable | None = None, should_stop: Callable[[], bool] | None = None):
-        """Generate images; output_type "pil" (list of PIL images), "pt" ([B,3,H,W] in 0..1), "latent"."""
+                 callback: Callable | None = None, should_stop: Callable[[], bool] | None = None,
+                 control_image=None, controlnet=None, controlnet_conditioning_scale: float = 1.0,
+                 control_guidance_start: float = 0.0, control_guidance_end: float = 1.0):
+        """Generate images; output_type "pil" (list of PIL images), "pt" ([B,3,H,W] in 0..1), "latent".
+
+        PixArt-δ ControlNet: `controlnet` (from `load_controlnet`) with `control_image`, an edge map as PIL or
+        [1 or B, 1 or 3, H, W] in 0..1, brought to the generation's bin and VAE-encoded
+        (`controlnet.condition.encode_control_image`); `controlnet_conditioning_scale` multiplies its residuals,
+        `control_guidance_start` / `_end` (0..1 of the schedule) limit the steps it acts on. Lists of ControlNets
+        take lists of images (and of scales / windows, or one value for all).
+        """
         sampler = sampler or self.defaults["sampler"]
         spec = sampler_spec(sampler)
         steps = num_inference_steps or spec.default_steps
@@ -154,7 +165,7 @@ class PixArtPipeline:
         # 1. resolution binning
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-        gen_h, gen_w = self._size(height, width, use_resolution_binning)
+        gen_h, gen_w = self.generation_size(height, width, use_resolution_binning)
 
         # 2. prompts (negative padded to the positive's length, each with its own mask)
         cond, cond_mask = self.encode_prompt(prompts)  # [P, L, C], [P, L]
@@ -183,10 +194,17 @@ class PixArtPipeline:
             vae_device = next(self.vae.parameters()).device
             vae_dtype = next(self.vae.parameters()).dtype
             init_latent = self.vae.encode(pixels.to(vae_device, vae_dtype)).to(self.device, self.dtype) * self.vae_scale_factor
+        controls = ()
+        if controlnet is not None or control_image is not None:
+            if controlnet is None or control_image is None:
+                raise ValueError("control_image and controlnet go together: pass both (or neither)")
+            controls = prepare_controls(self.vae, controlnet, control_image, controlnet_conditioning_scale,
+                                        control_guidance_start, control_guidance_end, gen_w, gen_h,
+                                        self.vae_scale_factor, batch, num_images_per_prompt, self.device)
 
         # 4. sampling
         # micro-conditions (α-1024-MS) = the binned size and its ratio: the model derives both from the latent
-        eps_fn = cfg_eps_fn(self.transformer, cond, cond_mask, uncond, uncond_mask, cfg)
+        eps_fn = cfg_eps_fn(self.transformer, cond, cond_mask, uncond, uncond_mask, cfg, controls=controls)
         out = sample(eps_fn, noise, sampler=sampler, steps=steps, denoise=strength if image is not None else 1.0,
                      init_latent=init_latent, generator=generator, callback=callback, should_stop=should_stop)
         if output_type == "latent":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from pixart_core.__main__ import main
@@ -75,3 +76,37 @@ def test_default_model_fails_clearly_offline(tmp_path, monkeypatch, caplog):
     assert main(["generate", "--prompt", "a cat", "--out", str(tmp_path / "cat.png")]) == 2
     assert "offline" in caplog.text and "--model PATH" in caplog.text
     assert not (tmp_path / "cat.png").exists()
+
+
+def test_controlnet_flags(tiny_suite, tmp_path, caplog):
+    from pixart_core import load_controlnet
+    from pixart_core.bins import resize_and_crop
+    from pixart_core.controlnet.canny import canny_edges
+
+    photo = tmp_path / "photo.png"
+    pixels = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype("uint8")  # [H, W, 3]
+    Image.fromarray(pixels).save(photo)
+    parts = ["--model", str(tiny_suite / "transformers" / "alpha-1024-ms.safetensors"),
+             "--t5", str(tiny_suite / "t5" / "t5_hf"), "--vae", str(tiny_suite / "vae" / "sd_ldm.safetensors"),
+             "--prompt", "a boat", "--height", "64", "--width", "96", "--no-binning", "--steps", "3",
+             "--dtype", "fp32", "--device", "cpu", "--controlnet", str(tiny_suite / "controlnets" / "official.pth"),
+             "--control-image", str(photo), "--control-strength", "0.7"]
+    out = tmp_path / "canny.png"
+    assert main(["generate", *parts, "--out", str(out), "--control-preprocess", "canny"]) == 0
+    # the library: Canny 100/200 of the photo at the generation size, then the pipeline with that map
+    pipe = PixArtPipeline.from_pretrained(tiny_suite / "transformers" / "alpha-1024-ms.safetensors",
+                                          text_encoder=tiny_suite / "t5" / "t5_hf",
+                                          vae=tiny_suite / "vae" / "sd_ldm.safetensors")
+    rgb = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255  # [1, 3, H, W]
+    edges = canny_edges(resize_and_crop(rgb, 96, 64), 100, 200)  # [1, 1, 64, 96]
+    (expected,) = pipe("a boat", height=64, width=96, num_inference_steps=3, seed=0, use_resolution_binning=False,
+                       control_image=edges, controlnet=load_controlnet(tiny_suite / "controlnets" / "official.pth"),
+                       controlnet_conditioning_scale=0.7)
+    with Image.open(out) as written:
+        assert np.abs(np.asarray(written, dtype=np.int16) - np.asarray(expected, dtype=np.int16)).max() <= 1
+    assert main(["generate", *parts, "--out", str(tmp_path / "hed.png"), "--control-preprocess", "hed"]) == 2
+    assert "--hed" in caplog.text
+    assert main(["generate", *parts, "--out", str(tmp_path / "hed.png"), "--control-preprocess", "hed",
+                 "--hed", str(tiny_suite / "hed" / "ControlNetHED.pth")]) == 0
+    assert main(["generate", *parts[:-4], "--out", str(tmp_path / "x.png")]) == 2  # --controlnet alone
+    assert "--control-image" in caplog.text

@@ -11,7 +11,8 @@ from pixart_core.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
 # (workflow node input, ComfyUI models folder it names a file of)
-_MODEL_INPUTS = {"model_name": "diffusion_models", "t5_name": "text_encoders", "vae_name": "vae"}
+_MODEL_INPUTS = {"model_name": "diffusion_models", "t5_name": "text_encoders", "vae_name": "vae",
+                 "controlnet_name": "controlnet", "hed_name": "annotators"}
 
 
 def _workflow_model_files() -> set[str]:
@@ -34,6 +35,31 @@ def test_make_tiny_without_a_tokenizer_writes_every_workflow_model(tmp_path, cap
     for rel in _workflow_model_files():
         assert (models / rel).exists(), rel
     assert not (tmp_path / "pipelines").exists()  # pipeline roots need the tokenizer
+    _check_controlnet_fixtures(tmp_path)
+
+
+def _check_controlnet_fixtures(out: Path) -> None:
+    """Tiny ControlNets in every layout hold the same branch for the tiny α-1024-MS base; HED is full size, fp16."""
+    import torch
+
+    from pixart_core import load_controlnet, load_transformer
+    from pixart_core.controlnet import load_hed
+    from pixart_core.testing.controlnet import CONTROLNET_NAMES
+
+    base = load_transformer(out / "transformers" / "alpha-1024-ms.pth")
+    nets = [load_controlnet(out / "controlnets" / name) for name in CONTROLNET_NAMES]
+    reference = nets[0].state_dict()
+    for net in nets:
+        assert (net.num_blocks, net.hidden_size, net.num_heads) == (1, base.config.hidden_size, base.config.num_heads)
+        assert all(torch.equal(value, reference[key]) for key, value in net.state_dict().items())
+    combined = out / "comfyui" / "models" / "controlnet" / "PixArt-XL-2-1024-ControlNet.pth"
+    assert "official combined" in load_controlnet(combined).summary
+    combined_base = load_transformer(combined).state_dict()
+    assert all(torch.equal(value, combined_base[key]) for key, value in base.state_dict().items())
+    hed = load_hed(out / "comfyui" / "models" / "annotators" / "ControlNetHED.pth", dtype=torch.float16)
+    assert sum(p.numel() for p in hed.parameters()) > 14_000_000
+    raw = torch.load(out / "hed" / "ControlNetHED.pth", weights_only=True)
+    assert {t.dtype for t in raw.values()} == {torch.float16}
 
 
 def test_make_tiny_refuses_a_tokenizer_folder_without_a_tokenizer(tmp_path, caplog):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 NODE_IDS = ["AtelierModelLoader", "AtelierT5Loader", "AtelierVAELoader", "AtelierT5TextEncode",
-            "AtelierResolutionSelect", "AtelierSampler", "AtelierVAEDecode", "AtelierVAEEncode"]
+            "AtelierResolutionSelect", "AtelierSampler", "AtelierVAEDecode", "AtelierVAEEncode",
+            "AtelierControlNetLoader", "AtelierApplyControlNet", "AtelierHEDPreprocessor", "AtelierCannyPreprocessor"]
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +183,59 @@ def test_bad_sizes_give_clear_errors(nodes, sigma):
         nodes["AtelierSampler"]().generate(model, positive, negative, 0, 2, 4.5, "dpmpp_2m", 100, 64, 1)
     with pytest.raises(ValueError, match="16x16"):
         nodes["AtelierVAEEncode"]().encode(torch.rand(1, 8, 8, 3), None)
+
+
+def test_controlnet_apply_and_sampler_match_the_pipeline(nodes, tiny_suite):
+    from pixart_atelier.pixart_core.pipeline import PixArtPipeline
+    from pixart_atelier.pixart_core.t5 import load_t5_tokenizer
+
+    model, _ = nodes["AtelierModelLoader"]().load("PixArt-XL-2-1024-MS.pth", "fp32")["result"]
+    t5 = nodes["AtelierT5Loader"]().load("t5xxl_fp16.safetensors", "fp32", "cpu")[0]
+    positive, negative = nodes["AtelierT5TextEncode"]().encode(t5, model, "a stone cottage", "")
+    (controlnet,) = nodes["AtelierControlNetLoader"]().load("PixArt-XL-2-1024-ControlNet.pth", "fp32")
+    assert "ControlNet" in controlnet.summary
+    vae = nodes["AtelierVAELoader"]().load("sd-vae-ft-ema.safetensors")[0]
+    image = torch.rand(1, 40, 70, 3, generator=torch.Generator().manual_seed(0))  # IMAGE [B, H, W, C]
+    apply = nodes["AtelierApplyControlNet"]()
+    pos, neg = apply.apply(positive, negative, controlnet, image, vae, 0.6, 0.0, 1.0)
+    assert positive.controls == () and negative.controls == ()  # the inputs are not changed
+    assert pos.controls == neg.controls and len(pos.controls) == 1 and torch.equal(pos.hidden, positive.hidden)
+    off = apply.apply(positive, negative, controlnet, image, vae, 0.0, 0.0, 1.0)  # strength 0: nothing attached
+    assert off[0] is positive and off[1] is negative
+    with pytest.raises(ValueError, match="start_percent"):
+        apply.apply(positive, negative, controlnet, image, vae, 1.0, 0.7, 0.2)
+
+    sampler = nodes["AtelierSampler"]()
+    (latent,) = sampler.generate(model, pos, neg, 5, 3, 4.5, "dpmpp_2m", 64, 48, 1)
+    (plain,) = sampler.generate(model, positive, negative, 5, 3, 4.5, "dpmpp_2m", 64, 48, 1)
+    assert (latent["samples"] - plain["samples"]).abs().max() > 1e-4
+    # the library with the same control image, ControlNet weights and VAE (its posterior mean)
+    pipe = PixArtPipeline(model.handle.module, t5.handle.module, load_t5_tokenizer(tiny_suite / "t5" / "t5_hf"),
+                          vae.handle.module, vae_scale_factor=model.config.vae_scale_factor)
+    noise = torch.randn((1, 4, 6, 8), generator=torch.Generator().manual_seed(5))
+    ref = pipe("a stone cottage", height=48, width=64, num_inference_steps=3, guidance_scale=4.5, latents=noise,
+               use_resolution_binning=False, output_type="latent", control_image=image.movedim(-1, 1),
+               controlnet=controlnet.handle.module, controlnet_conditioning_scale=0.6)
+    # the node's VAE sees the image channels-last (IMAGE is [B, H, W, C]), the pipeline's contiguous: the
+    # convolutions round differently (~1e-6 of the latent), which the random tiny DiT amplifies over the steps
+    torch.testing.assert_close(latent["samples"] * model.config.vae_scale_factor, ref, atol=1e-4, rtol=1e-4)
+    # a window outside the run (start = end = 1) is the plain result
+    late_pos, late_neg = apply.apply(positive, negative, controlnet, image, vae, 0.6, 1.0, 1.0)
+    (late,) = sampler.generate(model, late_pos, late_neg, 5, 3, 4.5, "dpmpp_2m", 64, 48, 1)
+    assert torch.equal(late["samples"], plain["samples"])
+
+
+def test_preprocessors_match_the_library(nodes):
+    from pixart_atelier.nodes import host
+    from pixart_atelier.pixart_core.controlnet.canny import canny_edges
+    from pixart_atelier.pixart_core.controlnet.hed import hed_edges, load_hed
+
+    assert "ControlNetHED.pth" in nodes["AtelierHEDPreprocessor"].INPUT_TYPES()["required"]["hed_name"][0]
+    image = torch.rand(2, 48, 40, 3, generator=torch.Generator().manual_seed(1))  # IMAGE [B, H, W, C]
+    rgb = image.movedim(-1, 1)  # [B, 3, H, W]
+    (hed,) = nodes["AtelierHEDPreprocessor"]().detect(image, "ControlNetHED.pth")
+    expected = hed_edges(load_hed(host.model_path("annotators", "ControlNetHED.pth")), rgb)  # [B, 1, H, W]
+    assert hed.shape == (2, 48, 40, 3) and torch.equal(hed, expected.expand(-1, 3, -1, -1).movedim(1, -1))
+    (canny,) = nodes["AtelierCannyPreprocessor"]().detect(image, 50, 120)
+    expected = canny_edges(rgb, 50, 120)  # [B, 1, H, W]
+    assert canny.shape == (2, 48, 40, 3) and torch.equal(canny, expected.expand(-1, 3, -1, -1).movedim(1, -1))

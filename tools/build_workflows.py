@@ -36,7 +36,8 @@ UI_SIZES: dict[str, list[int]] = {
     "AtelierModelLoader": [370, 130], "AtelierT5Loader": [370, 110], "AtelierT5TextEncode": [380, 200],
     "AtelierResolutionSelect": [380, 80], "AtelierSampler": [320, 320], "AtelierVAELoader": [320, 60],
     "VAELoader": [320, 60], "AtelierVAEDecode": [210, 50], "AtelierVAEEncode": [210, 50], "VAEDecode": [210, 50],
-    "LoadImage": [370, 330], "SaveImage": [340, 340],
+    "LoadImage": [370, 330], "SaveImage": [340, 340], "AtelierControlNetLoader": [370, 90],
+    "AtelierApplyControlNet": [320, 190], "AtelierHEDPreprocessor": [320, 60], "AtelierCannyPreprocessor": [320, 80],
 }
 TITLE_HEIGHT, COLUMN_GAP, ROW_GAP, MARGIN = 30, 60, 40, 40
 # Room left below a node for what appears on it after a run: the web extension's detected-variant box on the
@@ -231,6 +232,24 @@ def graphs() -> dict[str, list[Node]]:
         Node(7, "VAEDecode", {}, {"samples": (5, 0), "vae": (6, 0)}),
         Node(8, "SaveImage", {"filename_prefix": "PixArt-img2img"}, {"images": (7, 0)}),
     ]
+    # PixArt-δ ControlNet as the official ControlNet app: HED edges of an image, α-1024-MS, 14 steps, cfg 4.5
+    controlnet_hed = [
+        Node(1, "AtelierModelLoader", {"model_name": "PixArt-XL-2-1024-MS.pth", "dtype": "auto", "variant": "auto"}),
+        Node(2, "AtelierT5Loader", {"t5_name": "t5xxl_fp16.safetensors", "dtype": "auto", "device": "auto"}),
+        Node(3, "AtelierT5TextEncode", {"positive": "a stone cottage with a thatched roof in a flower garden, "
+                                        "watercolor", "negative": ""}, {"t5": (2, 0), "model": (1, 0)}),
+        Node(4, "LoadImage", {"image": "example.png"}),
+        Node(9, "AtelierHEDPreprocessor", {"hed_name": "ControlNetHED.pth"}, {"image": (4, 0)}),
+        Node(10, "AtelierControlNetLoader", {"controlnet_name": "PixArt-XL-2-1024-ControlNet.pth", "dtype": "auto"}),
+        Node(6, "AtelierVAELoader", {"vae_name": "sd-vae-ft-ema.safetensors"}),
+        Node(11, "AtelierApplyControlNet", {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+             {"positive": (3, 0), "negative": (3, 1), "controlnet": (10, 0), "image": (9, 0), "vae": (6, 0)}),
+        Node(5, "AtelierSampler", {"seed": 42, "steps": 14, "cfg": 4.5, "sampler_name": "dpmpp_2m", "width": 1024,
+                                   "height": 1024, "batch_size": 1, "denoise": 1.0},
+             {"model": (1, 0), "positive": (11, 0), "negative": (11, 1)}),
+        Node(7, "AtelierVAEDecode", {}, {"latent": (5, 0), "vae": (6, 0)}),
+        Node(8, "SaveImage", {"filename_prefix": "PixArt-controlnet"}, {"images": (7, 0)}),
+    ]
     return {
         "pixart_sigma_1024_text_to_image": _text_to_image(
             "PixArt-Sigma-XL-2-1024-MS.pth", "core", "sdxl_vae.safetensors", dpm,
@@ -242,6 +261,7 @@ def graphs() -> dict[str, list[Node]]:
             "PixArt-LCM-XL-2-1024-MS.safetensors", "atelier", "sd-vae-ft-ema.safetensors",
             {"name": "lcm", "steps": 4, "cfg": 1.0}, "a bowl of ramen, studio photo, steam rising", resolution=False),
         "pixart_sigma_image_to_image": img2img,
+        "pixart_delta_controlnet_hed": controlnet_hed,
     }
 
 

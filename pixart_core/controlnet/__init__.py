@@ -1,4 +1,4 @@
-"""PixArt-δ ControlNet support: edge-map preprocessors (HED, Canny).
+"""PixArt-δ ControlNet support: the ControlNet-Transformer branch and its loader, edge-map preprocessors (HED, Canny).
 
 Names are imported lazily (as in `pixart_core/__init__.py`), so that OpenCV loads only when Canny is used.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "PixArtControlNet": ".model",
+    "load_controlnet": ".load",
     "HEDNetwork": ".hed",
     "hed_edges": ".hed",
     "load_hed": ".hed",

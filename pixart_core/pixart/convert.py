@@ -160,6 +160,26 @@ def diffusers_key_sources(diffusers_keys: Iterable[str]) -> dict[str, tuple[str,
     return {official: tuple(parts) for official, parts in pieces.items()}  # type: ignore[arg-type]
 
 
+def diffusers_block_sources(block_keys: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """{official block key: diffusers block keys to concatenate along dim 0} for the keys of ONE block, both
+    relative to the block (e.g. 'attn.qkv.weight' <- ('attn1.to_q.weight', 'attn1.to_k.weight', ...)).
+
+    For blocks stored outside `transformer_blocks.N.` (the PixArt-δ ControlNet's copied blocks). Raises ValueError
+    naming unknown keys or the missing pieces of fused weights."""
+    block_keys = list(block_keys)
+    pieces: dict[str, list[str | None]] = {}
+    unknown = [key for key in block_keys if key not in _DIFFUSERS_IN_BLOCK]
+    if unknown:
+        raise ValueError(f"unknown diffusers block keys {format_keys(unknown)}")
+    for key in block_keys:
+        official, piece, count = _DIFFUSERS_IN_BLOCK[key]
+        pieces.setdefault(official, [None] * count)[piece] = key
+    missing = [_OFFICIAL_IN_BLOCK[o][i] for o, parts in pieces.items() for i, p in enumerate(parts) if p is None]
+    if missing:
+        raise ValueError(f"incomplete fused diffusers weights, missing {format_keys(missing)}")
+    return {official: tuple(parts) for official, parts in pieces.items()}  # type: ignore[arg-type]
+
+
 def diffusers_to_official(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Diffusers-layout state dict -> official layout (fused qkv / kv_linear concatenated along dim 0)."""
     sources = diffusers_key_sources(sd.keys())

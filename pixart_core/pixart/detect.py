@@ -34,9 +34,10 @@ _RELEASED_HEAD_DIM = 72  # XL/2: 1152 = 16 x 72
 # (substring of some key, what the file looks like); first match wins. Used only for error messages.
 _LOOKALIKES: tuple[tuple[str, str], ...] = (
     ("lora_", "a LoRA; apply it to a loaded model instead"),
-    ("controlnet_blocks.", "a PixArt ControlNet adapter without its base model, not a transformer on its "
-                           "own; load the base PixArt transformer file instead"),
-    ("copied_block.", "a PixArt ControlNet branch without its base model; load the base transformer separately"),
+    ("controlnet_blocks.", "a PixArt ControlNet (diffusers layout) without its base model; load it with the "
+                           "ControlNet loader (load_controlnet) and the base PixArt transformer separately"),
+    ("copied_block.", "a PixArt ControlNet branch without its base model; load it with the ControlNet loader "
+                      "(load_controlnet) and the base PixArt transformer separately"),
     ("mlp.inverted_conv.", "a Sana transformer, not PixArt"),
     ("SelfAttention.q.weight", "a T5 text encoder; load it with the T5 loader"),
     ("input_blocks.", "a Stable Diffusion UNet checkpoint, not PixArt"),

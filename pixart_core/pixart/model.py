@@ -22,7 +22,8 @@ from ..controlnet.apply import active_controls, run_controlled_blocks
 
 
 class PixArtTransformer(nn.Module):
-    """PixArt DiT: `forward(x, timestep, context, context_mask, resolution, aspect_ratio, controls) -> [B, out, H, W]`."""
+    """PixArt DiT: `forward(x, timestep, context, context_mask, resolution, aspect_ratio, controls)` -> [B, out,
+    H, W]; `controls` adds PixArt-δ ControlNets (`pixart_core.controlnet`)."""
 
     def __init__(self, config: PixArtConfig, *, dtype=None, device=None):
         super().__init__()

@@ -10,7 +10,7 @@ so ComfyUI's `KSAMPLER` can call them like its own.
 
 from .api import SamplingInterrupted, sample
 from .denoiser import EpsDenoiser
-from .guidance import cfg_eps_fn
+from .guidance import ScheduledControl, cfg_eps_fn
 from .lcm import LCMDenoiser, lcm_boundary_scalings, sample_lcm
 from .sa_solver import pixart_tau, sample_sa_solver
 from .samplers import (default_noise_sampler, noise_sampler_from, sample_ddim, sample_dpmpp_2m, sample_euler,
@@ -20,7 +20,7 @@ from .table import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_TABLE, SAMPLERS, Samp
 
 __all__ = [
     "DEFAULT_SAMPLER", "DEFAULT_STEPS", "SAMPLER_TABLE", "SAMPLERS", "SamplerSpec", "sampler_spec",
-    "SamplingInterrupted", "sample", "cfg_eps_fn",
+    "SamplingInterrupted", "sample", "cfg_eps_fn", "ScheduledControl",
     "EpsDenoiser", "LCMDenoiser", "lcm_boundary_scalings", "pixart_tau", "default_noise_sampler", "noise_sampler_from",
     "sample_ddim", "sample_dpmpp_2m", "sample_euler", "sample_euler_ancestral", "sample_lcm", "sample_sa_solver",
     "NoiseSchedule", "SamplingPlan", "linear_schedule", "plan_for",

@@ -4,6 +4,10 @@ Layout of OUT:
     transformers/   PixArt DiTs: official .pth/.safetensors, diffusers folders and single files, ComfyUI files
     t5/             T5 encoders: Hugging Face folders (sharded too), ComfyUI single files fp32/fp16/bf16/fp8
     vae/            VAEs: diffusers folders, LDM single files, full-checkpoint style
+    controlnets/    PixArt-δ ControlNets (1 block) for the tiny alpha-1024-ms base in every layout:
+                    official-combined.pth (base model + branch), official.pth, official.safetensors,
+                    diffusers/ (folder), diffusers.safetensors
+    hed/            ControlNetHED.pth: the full-size HED edge network with random fp16 weights
     pipelines/      diffusers pipeline roots (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
                     scheduler/): alpha-1024-ms, sigma-1024, sigma-256 (binning at 256) and lcm (PixArt-δ)
     comfyui/models/ a ComfyUI models folder with the file names the example workflows in `workflows/` use
@@ -17,9 +21,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
+from .controlnet import write_random_hed, write_tiny_controlnets
 from .files import write_json
 from .t5 import TOKENIZER_FOLDER_FILES, write_tiny_t5
-from .transformers import write_tiny_transformers
+from .transformers import tiny_transformer_config, write_tiny_transformers
 from .vae import write_tiny_vaes
 
 SCHEDULER_CONFIGS = {
@@ -52,7 +59,10 @@ _COMFY_FILES = {
     "text_encoders/t5-v1_1-xxl": ("t5", "hf"),
     "vae/sd-vae-ft-ema.safetensors": ("vae", "sd_ldm_safetensors"),
     "vae/sdxl_vae.safetensors": ("vae", "sdxl_ldm_safetensors"),
+    "controlnet/PixArt-XL-2-1024-ControlNet.pth": ("controlnets", "official-combined.pth"),
+    "annotators/ControlNetHED.pth": ("hed", "ControlNetHED.pth"),
 }
+CONTROLNET_BASE = "alpha-1024-ms"  # the PixArt-δ ControlNet release is built on α-1024-MS
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -82,6 +92,15 @@ def _write_pipeline(root: Path, transformer: Path, t5_folder: Path, vae: Path, p
     return root
 
 
+def _write_controlnets(out: Path, transformers: dict[str, Path], seed: int) -> dict[str, Path]:
+    """Tiny ControlNets for the tiny α-1024-MS base (read back from its .pth, so the combined file holds the same
+    base weights); its depth-2 base leaves room for one control block. Projections at 0.1x keep the residual a
+    fraction of the base stream, as in a trained branch."""
+    base = torch.load(transformers[f"{CONTROLNET_BASE}.pth"], map_location="cpu", weights_only=True)["state_dict"]
+    cfg = tiny_transformer_config(CONTROLNET_BASE)
+    return write_tiny_controlnets(out, base, cfg, num_blocks=cfg.depth - 1, seed=seed + 3, projection_scale=0.1)
+
+
 def write_tiny_suite(out_dir: Path | str, tokenizer_dir: Path | None = None, seed: int = 0) -> dict[str, Path]:
     """Write everything listed in the module docstring; returns {"group/name": path}."""
     out = Path(out_dir)
@@ -90,6 +109,8 @@ def write_tiny_suite(out_dir: Path | str, tokenizer_dir: Path | None = None, see
         "t5": write_tiny_t5(out / "t5", tokenizer_dir=tokenizer_dir, seed=seed),
         "vae": write_tiny_vaes(out / "vae", seed=seed),
     }
+    groups["controlnets"] = _write_controlnets(out / "controlnets", groups["transformers"], seed)
+    groups["hed"] = {"ControlNetHED.pth": write_random_hed(out / "hed" / "ControlNetHED.pth", seed=seed)}
     written = {f"{group}/{name}": path for group, items in groups.items() for name, path in items.items()}
     if tokenizer_dir is not None:
         for name, (transformer, vae, pipeline, scheduler) in _PIPELINES.items():
