@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..pixart_core.sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, SamplingInterrupted, cfg_eps_fn, sample,
-                                    sampler_spec)
+from ..pixart_core.sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_STEPS, SAMPLERS, SamplingInterrupted,
+                                    cfg_eps_fn, sample, sampler_spec)
 from . import host
 from .controlnet import controls_of, encode_hints, load_with_controlnets, scheduled_controls
 from .types import CATEGORY, PIXART_CONDITIONING, PIXART_MODEL
@@ -62,7 +62,7 @@ def run_sampler(model, positive, negative, seed, steps, cfg, sampler_name, width
         try:
             out = sample(eps_fn, noise.to(device, dtype), sampler=sampler_name, steps=steps, denoise=denoise,
                          init_latent=None if init_latent is None else init_latent.to(device, dtype),
-                         generator=torch.Generator("cpu").manual_seed(seed + 1), callback=callback,
+                         generator=torch.Generator("cpu").manual_seed((seed + 1) % 2**64), callback=callback,
                          should_stop=host.should_stop)
         except SamplingInterrupted:
             host.check_interrupted()
@@ -92,7 +92,7 @@ class AtelierSampler:
                 "negative": (PIXART_CONDITIONING, {"tooltip": "Negative prompt from PixArt T5 Text Encode."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Noise seed; the same seed gives the same image on any device."}),
-                "steps": ("INT", {"default": DEFAULT_STEPS[DEFAULT_SAMPLER], "min": 1, "max": 1000,
+                "steps": ("INT", {"default": DEFAULT_STEPS[DEFAULT_SAMPLER], "min": 1, "max": MAX_STEPS,
                                   "tooltip": "Sampling steps; usual: " + ", ".join(
                                       f"{name} {steps}" for name, steps in DEFAULT_STEPS.items()) + "."}),
                 "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .dtypes import DTYPES, default_dtype, dtype_from_name
-from .sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, sampler_spec
+from .sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_STEPS, SAMPLERS, sampler_spec
 
 log = logging.getLogger("pixart_core")
 
@@ -22,6 +24,55 @@ def _sampler_name(name: str) -> str:
     return name
 
 
+MAX_CFG = 100.0
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # --out suffix -> PIL format
+
+
+def _number(kind, text: str, what: str):
+    """`kind(text)` or an argparse usage error saying what the flag takes (argparse names the flag)."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def _steps(text: str) -> int:
+    value = _number(int, text, "a whole number of steps")
+    if not 1 <= value <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: pass 1 to {MAX_STEPS} (the 1000-step training "
+                                         "schedule has 999 intervals) or leave it out for the sampler's default")
+    return value
+
+
+def _cfg(text: str) -> float:
+    value = _number(float, text, "a number")
+    if not 0.0 <= value <= MAX_CFG:  # False for NaN too
+        raise argparse.ArgumentTypeError(f"{text} is out of range: pass a guidance scale from 0 to {MAX_CFG:g} "
+                                         "(usual: 4.5; 1 or less turns guidance off)")
+    return value
+
+
+def _batch(text: str) -> int:
+    value = _number(int, text, "a whole number of images")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: pass 1 or more images per prompt")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _number(int, text, "a whole number")
+    if not 0 <= value <= 2**64 - 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: pass a seed from 0 to 2**64-1")
+    return value
+
+
+def _strength(text: str) -> float:
+    value = _number(float, text, "a number")
+    if not 0.0 < value <= 1.0:  # False for NaN too
+        raise argparse.ArgumentTypeError(f"{text} is out of range: pass a denoise strength above 0 and at most 1")
+    return value
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="text-to-image (or image-to-image) to a PNG file")
     p.add_argument("--model", help="PixArt transformer: a diffusers pipeline folder, a transformer folder or a "
@@ -31,19 +82,20 @@ def _add_generate(sub) -> None:
     p.add_argument("--vae", help="VAE folder or file (needed unless --model is a pipeline folder)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative", default="", help="negative prompt")
-    p.add_argument("--out", required=True, help="output PNG path (batches add _1, _2, ...)")
+    p.add_argument("--out", required=True,
+                   help="output image path, .png, .jpg/.jpeg or .webp (batches add _1, _2, ...)")
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--steps", type=int, help="sampling steps (default: " + ", ".join(
+    p.add_argument("--steps", type=_steps, help=f"sampling steps, 1..{MAX_STEPS} (default: " + ", ".join(
         f"{name} {steps}" for name, steps in DEFAULT_STEPS.items()) + ")")
-    p.add_argument("--cfg", type=float, help="guidance scale (default: 4.5, LCM 0)")
+    p.add_argument("--cfg", type=_cfg, help=f"guidance scale, 0..{MAX_CFG:g} (default: 4.5, LCM 0)")
     p.add_argument("--sampler", type=_sampler_name, choices=SAMPLERS,
                    help=f"sampling algorithm (default: {DEFAULT_SAMPLER}; lcm with --lcm or PixArt-δ LCM models)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=1, help="images per prompt")
+    p.add_argument("--seed", type=_seed, default=0, help="noise seed, 0..2**64-1 (default: 0)")
+    p.add_argument("--batch", type=_batch, default=1, help="images per prompt")
     p.add_argument("--no-binning", action="store_true", help="generate at the exact size, not the nearest bin")
     p.add_argument("--image", help="input image for image-to-image")
-    p.add_argument("--strength", type=float, default=0.6, help="image-to-image denoise strength (0..1]")
+    p.add_argument("--strength", type=_strength, default=0.6, help="image-to-image denoise strength (0..1]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="model dtype (default: bf16 on CUDA where supported, else fp16; on the CPU bf16 with native "
                         "bf16 arithmetic (AVX512-BF16/AMX), else fp32)")
@@ -76,6 +128,78 @@ def _check_control_args(args) -> None:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value and not Path(value).exists():
             raise FileNotFoundError(f"{flag} {value}: file not found")
+
+
+INPUT_FLAGS = ("--model", "--t5", "--tokenizer", "--vae", "--image", "--controlnet", "--control-image", "--hed")
+
+
+def _out_targets(args) -> list[Path]:
+    """Every file generate writes: --out, then _1, _2, ... for a batch."""
+    out = Path(args.out)
+    return [out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(args.batch)]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when a and b are one file: equal resolved paths (symlinks followed), or `os.path.samefile` (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _check_out(args) -> None:
+    """Refuse an --out that cannot be written or would replace an input, before anything is loaded."""
+    if not args.out.strip():
+        raise ValueError("--out is empty: pass an image file path such as out.png")
+    out = Path(args.out)
+    for target in _out_targets(args):
+        if target.is_dir():
+            raise ValueError(f"--out {target} is a folder; pass an image file path, e.g. {target / 'out.png'}")
+        for flag in INPUT_FLAGS:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            if value and _same_file(target, Path(value)):
+                raise ValueError(f"--out {target}: is the {flag} file; writing there would replace it, "
+                                 "pass another output path")
+    if out.suffix.lower() not in IMAGE_FORMATS:
+        raise ValueError(f"--out {args.out}: unsupported file type {out.suffix or '(none)'!r}; "
+                         "end the name in .png, .jpg, .jpeg or .webp")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:  # the nearest folder that exists, made on writing
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"--out {args.out}: {folder} is a file, not a folder; pass another output path")
+    if folder != out.parent:  # folders still to make: permissions are all there is to check without making them
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {args.out}: cannot write in {folder} (permission denied); pass another path")
+        return
+    try:  # a probe file finds what permissions do not show (read-only mounts, /proc, /sys)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {args.out}: cannot write in {folder} ({err.strerror or err}); "
+                         "pass another output path") from None
+
+
+def _write_images(images, args) -> None:
+    """Save every image to a temporary file beside its target, then move them all in place; on any failure
+    (Ctrl-C included) the temporary files are removed and no target is touched."""
+    targets = _out_targets(args)
+    image_format = IMAGE_FORMATS[Path(args.out).suffix.lower()]
+    targets[0].parent.mkdir(parents=True, exist_ok=True)
+    temps = [target.with_name(f".{target.name}.tmp") for target in targets]
+    try:
+        for image, tmp in zip(images, temps):
+            image.save(tmp, format=image_format)
+        for image, tmp, target in zip(images, temps, targets):
+            tmp.replace(target)
+            log.info("wrote %s (%dx%d)", target, image.width, image.height)
+    except OSError as err:
+        raise OSError(f"--out {args.out}: could not write the image ({err.strerror or err}); nothing written") from None
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
 
 
 def _read_rgb(path: str):
@@ -114,6 +238,7 @@ def _generate(args) -> int:
     from .pipeline import PixArtPipeline
 
     _check_control_args(args)
+    _check_out(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype_from_name(args.dtype) if args.dtype else default_dtype(device)
     model = args.model
@@ -148,14 +273,7 @@ def _generate(args) -> int:
                   use_resolution_binning=not args.no_binning, num_images_per_prompt=args.batch,
                   image=image, strength=args.strength, callback=on_step, **control)
     bar.close()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(images):
-        target = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-        tmp = target.with_name(f".{target.name}.tmp")
-        img.save(tmp, format="PNG")
-        tmp.replace(target)
-        log.info("wrote %s (%dx%d)", target, img.width, img.height)
+    _write_images(images, args)
     return 0
 
 
@@ -164,7 +282,7 @@ def _add_make_tiny(sub) -> None:
     p.add_argument("out_dir")
     p.add_argument("--tokenizer", help="T5 v1.1 tokenizer folder (tokenizer.json or spiece.model) to copy into the "
                    "tiny T5 folders and pipelines, e.g. ComfyUI's comfy/text_encoders/t5_tokenizer")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="noise seed, 0..2**64-1 (default: 0)")
 
 
 def _make_tiny(args) -> int:
@@ -216,9 +334,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"generate": _generate, "make-tiny": _make_tiny, "info": _info}[args.command](args)
-    except (CheckpointError, FileNotFoundError, ValueError, ConnectionError) as err:
+    except (CheckpointError, OSError, ValueError) as err:  # OSError covers FileNotFoundError, ConnectionError
         log.error("%s", err)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: generate writes only after sampling, through temporary files
+        log.error("interrupted; nothing written" if args.command == "generate" else "interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -157,6 +159,12 @@ class PixArtPipeline:
         """
         sampler = sampler or self.defaults["sampler"]
         spec = sampler_spec(sampler)
+        if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or not isinstance(
+                num_inference_steps, numbers.Integral) or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps must be an integer >= 1 (or None for the sampler's default), "
+                             f"got {num_inference_steps!r}")
+        if guidance_scale is not None and not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         steps = num_inference_steps or spec.default_steps
         cfg = self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
         if spec.distilled_guidance and guidance_scale is None:

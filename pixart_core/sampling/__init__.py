@@ -16,11 +16,11 @@ from .sa_solver import pixart_tau, sample_sa_solver
 from .samplers import (default_noise_sampler, noise_sampler_from, sample_ddim, sample_dpmpp_2m, sample_euler,
                        sample_euler_ancestral)
 from .schedule import NoiseSchedule, SamplingPlan, linear_schedule
-from .table import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_TABLE, SAMPLERS, SamplerSpec, plan_for, sampler_spec
+from .table import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_STEPS, SAMPLER_TABLE, SAMPLERS, SamplerSpec, plan_for, sampler_spec
 
 __all__ = [
     "DEFAULT_SAMPLER", "DEFAULT_STEPS", "SAMPLER_TABLE", "SAMPLERS", "SamplerSpec", "sampler_spec",
-    "SamplingInterrupted", "sample", "cfg_eps_fn", "ScheduledControl",
+    "SamplingInterrupted", "sample", "cfg_eps_fn", "ScheduledControl", "MAX_STEPS",
     "EpsDenoiser", "LCMDenoiser", "lcm_boundary_scalings", "pixart_tau", "default_noise_sampler", "noise_sampler_from",
     "sample_ddim", "sample_dpmpp_2m", "sample_euler", "sample_euler_ancestral", "sample_lcm", "sample_sa_solver",
     "NoiseSchedule", "SamplingPlan", "linear_schedule", "plan_for",

@@ -67,12 +67,16 @@ def _check_steps(steps: int, limit: int) -> None:
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if steps > limit:
-        raise ValueError(f"steps ({steps}) cannot exceed {limit} for this schedule")
+        raise ValueError(f"steps ({steps}) cannot exceed {limit} for this sampler's schedule; use {limit} or fewer")
 
 
 def dpm_timesteps(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """DPMSolverMultistep / SA-Solver "linspace": round(linspace(0, T-1, steps+1)) reversed, the 0 dropped."""
-    _check_steps(steps, num_train_timesteps)
+    """DPMSolverMultistep / SA-Solver "linspace": round(linspace(0, T-1, steps+1)) reversed, the 0 dropped.
+
+    At most T - 1 steps: the grid needs steps + 1 distinct integer timesteps in 0 .. T-1; more would repeat a
+    timestep, a step of log-SNR length h = 0 that the multistep updates divide by.
+    """
+    _check_steps(steps, num_train_timesteps - 1)
     grid = np.linspace(0, num_train_timesteps - 1, steps + 1).round()[::-1][:-1]
     return grid.astype(np.int64).astype(np.float64)  # [steps]
 

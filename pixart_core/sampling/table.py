@@ -77,6 +77,10 @@ SAMPLER_TABLE: Mapping[str, SamplerSpec] = MappingProxyType({
                        denoiser=LCMDenoiser, distilled_guidance=True),
 })
 
+#: The most steps every sampler's schedule holds: DPM-Solver++ and SA-Solver need steps + 1 distinct integer
+#: timesteps of the 1000-step training schedule (`schedule.dpm_timesteps`); LCM has its own, lower limit.
+MAX_STEPS = 999
+
 #: The sampler of the official apps and diffusers' PixArt pipelines (20 steps, cfg 4.5).
 DEFAULT_SAMPLER = "dpmpp_2m"
 SAMPLERS = tuple(SAMPLER_TABLE)
