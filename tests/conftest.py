@@ -33,6 +33,28 @@ def tiny_suite(tmp_path_factory, t5_tokenizer_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def user_models_dir(tiny_suite, t5_tokenizer_dir, tmp_path_factory) -> Path:
+    """A models folder like a ComfyUI user's, of make-tiny's files; outside ComfyUI the T5 tokenizer must sit
+    next to the weights."""
+    models = tmp_path_factory.mktemp("models")
+    for folder in (tiny_suite / "comfyui" / "models").iterdir():
+        (models / folder.name).mkdir()
+        for item in folder.iterdir():
+            (models / folder.name / item.name).symlink_to(item)
+    for item in t5_tokenizer_dir.iterdir():
+        (models / "text_encoders" / item.name).symlink_to(item)
+    return models
+
+
+@pytest.fixture(scope="module")
+def nodes(pack, user_models_dir):
+    """The pack's node classes, finding their models in `user_models_dir` (PIXART_ATELIER_MODELS)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIXART_ATELIER_MODELS", str(user_models_dir))
+        yield pack.NODE_CLASS_MAPPINGS
+
+
 def import_pack(name: str = "pixart_atelier"):
     """Import the repository root as the ComfyUI pack package `name` (as ComfyUI's loader does)."""
     if name in sys.modules:

@@ -246,23 +246,7 @@ def test_the_node_and_the_cli_accept_the_same_steps(pack):
 # --- 6. the node's seed range works up to its maximum ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def node_models(pack, tiny_suite, t5_tokenizer_dir, tmp_path_factory):
-    """A ComfyUI-like models folder of tiny checkpoints (as tests/test_nodes.py builds it)."""
-    models = tmp_path_factory.mktemp("models")
-    for folder in (tiny_suite / "comfyui" / "models").iterdir():
-        (models / folder.name).mkdir()
-        for item in folder.iterdir():
-            (models / folder.name / item.name).symlink_to(item)
-    for item in t5_tokenizer_dir.iterdir():
-        (models / "text_encoders" / item.name).symlink_to(item)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIXART_ATELIER_MODELS", str(models))
-        yield pack.NODE_CLASS_MAPPINGS
-
-
-def test_the_sampler_node_takes_its_largest_seed(node_models):
-    nodes = node_models
+def test_the_sampler_node_takes_its_largest_seed(nodes):
     model, _ = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
     t5 = nodes["AtelierT5Loader"]().load("t5xxl_fp16.safetensors", "fp32", "cpu")[0]
     positive, negative = nodes["AtelierT5TextEncode"]().encode(t5, model, "A Red Fox in snow", "")

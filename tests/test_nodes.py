@@ -11,26 +11,6 @@ NODE_IDS = ["AtelierModelLoader", "AtelierT5Loader", "AtelierVAELoader", "Atelie
 
 
 @pytest.fixture(scope="module")
-def nodes(pack, tiny_suite, t5_tokenizer_dir, monkeypatch_module, tmp_path_factory):
-    """A models folder like a ComfyUI user's; outside ComfyUI the T5 tokenizer must sit next to the weights."""
-    models = tmp_path_factory.mktemp("models")
-    for folder in (tiny_suite / "comfyui" / "models").iterdir():
-        (models / folder.name).mkdir()
-        for item in folder.iterdir():
-            (models / folder.name / item.name).symlink_to(item)
-    for item in t5_tokenizer_dir.iterdir():
-        (models / "text_encoders" / item.name).symlink_to(item)
-    monkeypatch_module.setenv("PIXART_ATELIER_MODELS", str(models))
-    return pack.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
-
-
-@pytest.fixture(scope="module")
 def sigma(nodes):
     model, summary = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
     t5 = nodes["AtelierT5Loader"]().load("t5xxl_fp16.safetensors", "fp32", "cpu")[0]
