@@ -48,7 +48,8 @@ def inputs(batch: int = 2, height: int = 8, width: int = 12, seed: int = 1):
 
 
 def numpy_pos_embed(dim: int, height: int, width: int, base_size: int, interpolation: float) -> np.ndarray:
-    """Direct transcription of the official `get_2d_sincos_pos_embed` (pixart.md §1.5)."""
+    """Direct transcription of the official `get_2d_sincos_pos_embed` (PixArt-alpha
+    `diffusion/model/nets/PixArt.py`)."""
     def one_axis(half_dim: int, positions: np.ndarray) -> np.ndarray:
         omega = np.arange(half_dim // 2, dtype=np.float64)
         omega /= half_dim / 2.0
@@ -104,7 +105,8 @@ def test_timestep_embedding_is_cos_then_sin():
 
 
 def reference_self_attention(attn: SelfAttention, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Hand transcription of Σ `AttentionKVCompress.forward` with an explicit softmax (pixart.md §1.6-1.7)."""
+    """Hand transcription of Σ `AttentionKVCompress.forward` with an explicit softmax (PixArt-sigma
+    `diffusion/model/nets/PixArt_blocks.py`)."""
     batch, tokens, channels = x.shape
     heads, head_dim = attn.num_heads, channels // attn.num_heads
     q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).reshape(batch, tokens, 3, channels).unbind(2)
