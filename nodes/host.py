@@ -98,7 +98,13 @@ def _scan(folders: list[Path], words: tuple[str, ...]) -> tuple[list[str], list[
     """(weight files, model folders) under `folders`, relative to their base folder as folder_paths names them."""
     files, model_dirs = [], []
     for base in folders:
+        seen: set[str] = set()  # real paths visited: a symlink loop or a second link to a folder is walked once
         for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirnames.clear()
+                continue
+            seen.add(real)
             if words and dirpath != str(base) and _is_model_folder(Path(dirpath), words):
                 model_dirs.append(os.path.relpath(dirpath, base))
                 dirnames.clear()  # its files are not separate models

@@ -300,7 +300,18 @@ def _make_tiny(args) -> int:
         log.warning("no T5 tokenizer given (--tokenizer DIR with tokenizer.json or spiece.model, e.g. ComfyUI's "
                     "comfy/text_encoders/t5_tokenizer): the pipelines/ folders and T5 folders with a tokenizer "
                     "are not written")
-    written = write_tiny_suite(Path(args.out_dir), tokenizer_dir=tok, seed=args.seed)
+    out = Path(args.out_dir)
+    if not args.out_dir.strip():
+        raise ValueError("make-tiny out_dir is empty; pass a folder to write the tiny checkpoints into")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"make-tiny out_dir {out}: is an existing file, not a folder; pass a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()  # probe: read-only mounts, /proc, permissions
+    except OSError as err:
+        raise OSError(f"make-tiny out_dir {out}: cannot write there ({err.strerror or err}); "
+                      "pass a writable folder") from err
+    written = write_tiny_suite(out, tokenizer_dir=tok, seed=args.seed)
     for name, path in sorted(written.items()):
         print(f"{name}\t{path}")  # noqa: T201 - command output
     return 0
@@ -312,9 +323,17 @@ def _add_info(sub) -> None:
 
 
 def _info(args) -> int:
+    import stat
+
+    from .errors import CheckpointError
     from .pixart.load import inspect_transformer
 
-    detection = inspect_transformer(Path(args.path))
+    path = Path(args.path)
+    if not path.exists():
+        raise CheckpointError(f"info {path}: no such file or folder.")
+    if not (path.is_dir() or stat.S_ISREG(path.stat().st_mode)):  # a FIFO or device would block the read
+        raise CheckpointError(f"info {path}: not a regular file or folder; pass a weights file or model folder.")
+    detection = inspect_transformer(path)
     print(detection.summary())  # noqa: T201 - command output
     for line in detection.evidence:
         print(f"  - {line}")  # noqa: T201 - command output

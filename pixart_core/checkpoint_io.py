@@ -15,6 +15,7 @@ import logging
 import math
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Iterable, Iterator
 import torch
 
 from .errors import CheckpointError
+from .safetensors_header import DTYPES as SAFETENSORS_DTYPES, validate_header
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,7 @@ SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-SAFETENSORS_DTYPE_NAMES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+SAFETENSORS_DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 _CHUNK_BYTES = 16 * 2**20  # scratch buffer of converting safetensors reads
 
 # Containers that wrap the real state dict inside official or training checkpoints, in priority order: a
@@ -89,20 +86,7 @@ class _SafetensorsFile:
                 header = json.loads(os.pread(self._fd, header_len, 8))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise CheckpointError(f"{path}: safetensors header is not valid JSON ({err}).") from err
-            self.metadata = header.pop("__metadata__", None) or {}
-            self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
-            data_start = 8 + header_len
-            end = data_start
-            for key, entry in header.items():
-                dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
-                if dtype is None:
-                    raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {entry['dtype']}.")
-                begin, stop = entry["data_offsets"]
-                self._entries[key] = (dtype, tuple(entry["shape"]), data_start + begin, stop - begin)
-                end = max(end, data_start + stop)
-            if end > size:
-                raise CheckpointError(
-                    f"{path}: file is truncated ({size} bytes, its header needs {end}); re-download it.")
+            self.metadata, self._entries = validate_header(path, header, 8 + header_len, size)
         except BaseException:
             os.close(self._fd)
             raise
@@ -225,9 +209,21 @@ class _PickleFile:
         self._tensors = {}
 
 
+def read_json(path: Path | str):
+    """The parsed JSON file `path`; CheckpointError naming it when it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); re-download or fix it.") from err
+
+
 def _open_file(path: Path):
     if not path.exists():
         raise CheckpointError(f"{path}: file not found.")
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block or stream forever
+        raise CheckpointError(f"{path}: not a regular file; pass a weights file or model folder.")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path}: permission denied; make the file readable (chmod +r).")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty; re-download it.")
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
@@ -254,11 +250,15 @@ def weight_files(folder: Path, stems: tuple[str, ...] = ()) -> list[Path]:
             continue
         if index.name.endswith(".bin.index.json") and any(folder.glob("*.safetensors.index.json")):
             continue
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise CheckpointError(f"{index}: not a valid shard index ({err}).") from err
-        files = [folder / name for name in dict.fromkeys(weight_map.values())]
+        weight_map = read_json(index)
+        if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+            raise CheckpointError(f"{index}: not a valid shard index (no \"weight_map\" object).")
+        names = list(dict.fromkeys(weight_map["weight_map"].values()))
+        outside = [n for n in names if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts]
+        if outside:
+            raise CheckpointError(f"{index}: shard names must be files in its folder, not {outside[0]!r}; "
+                                  "re-download the model.")
+        files = [folder / name for name in names]
         missing = [str(f.name) for f in files if not f.exists()]
         if missing:
             raise CheckpointError(f"{index}: shard files missing: {', '.join(missing)}; download them.")

@@ -7,7 +7,6 @@ uncond in one batch)  5. VAE decode and resize-and-crop back to the requested si
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import numbers
@@ -18,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from .bins import bins_for, closest_bin, resize_and_crop
+from .checkpoint_io import read_json
 from .controlnet.condition import prepare_controls
 from .sampling import DEFAULT_SAMPLER, cfg_eps_fn, sample, sampler_spec
 
@@ -61,7 +61,8 @@ class PipelinePaths:
         if is_root:
             sched = root / "scheduler" / "scheduler_config.json"
             if sched.exists():
-                lcm = json.loads(sched.read_text()).get("_class_name") == "LCMScheduler"
+                config = read_json(sched)
+                lcm = isinstance(config, dict) and config.get("_class_name") == "LCMScheduler"
         text_encoder_path = part(text_encoder, "text_encoder")
         if tokenizer is None and is_root and (root / "tokenizer").exists():
             tokenizer = root / "tokenizer"

@@ -9,7 +9,6 @@ into the target dtype and device (fused diffusers q/k/v concatenated along dim 0
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, replace
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..checkpoint_io import StateDictReader, weight_files
+from ..checkpoint_io import StateDictReader, read_json, weight_files
 from ..errors import CheckpointError, format_keys
 from .config import PRESETS, PixArtConfig
 from .detect import Detection, detect
@@ -49,10 +48,7 @@ class LocatedWeights:
 def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err}); re-download it.") from err
+    data = read_json(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object.")
     return data

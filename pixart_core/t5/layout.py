@@ -12,12 +12,11 @@ Accepted layouts:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint_io import StateDictReader, weight_files
+from ..checkpoint_io import StateDictReader, read_json, weight_files
 from ..errors import CheckpointError
 from .config import T5Config
 
@@ -58,10 +57,7 @@ def _is_t5_config(data: dict) -> bool:
 def _read_config(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err}).") from err
+    data = read_json(path)
     return data if isinstance(data, dict) else None
 
 

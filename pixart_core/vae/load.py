@@ -14,7 +14,6 @@ reveals (an SD-1.x/2.x checkpoint carries `cond_stage_model.*` -> 0.18215; an SD
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import replace
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import StateDictReader, open_weights
+from ..checkpoint_io import StateDictReader, open_weights, read_json
 from ..errors import CheckpointError
 from .config import SD_SCALING_FACTOR, SDXL_SCALING_FACTOR, VAEConfig
 from .convert import ldm_key, legacy_diffusers_key
@@ -95,9 +94,7 @@ def _open_folder(folder: Path) -> tuple[VAEConfig, StateDictReader]:
         raise CheckpointError(f"{folder}: no config.json; pass a diffusers VAE folder (config.json + "
                               f"diffusion_pytorch_model.safetensors) or a single weight file.")
     try:
-        cfg = VAEConfig.from_diffusers(json.loads(config_path.read_text()), source=str(config_path))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path}: not valid JSON ({err}).") from err
+        cfg = VAEConfig.from_diffusers(read_json(config_path), source=str(config_path))
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{config_path}: {err}") from err
     try:
