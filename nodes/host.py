@@ -172,6 +172,14 @@ def text_encoder_device() -> torch.device:
     return devices_for("text_encoder")[0]
 
 
+def memory_budget(device: torch.device) -> int | None:
+    """Bytes a run may use on `device` inside ComfyUI: the device's total memory, since ComfyUI offloads its
+    cached models on demand; None outside ComfyUI (then the free memory is the budget)."""
+    if not in_comfyui():
+        return None
+    return int(comfy_module("comfy.model_management").get_total_memory(device))
+
+
 def forced_dtype() -> torch.dtype | None:
     """The dtype ComfyUI's command line forces on diffusion models (--force-fp32, --fp32-unet, --bf16-unet,
     --fp16-unet, --force-fp16), or None."""

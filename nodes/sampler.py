@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from ..pixart_core.memory import check_fits
 from ..pixart_core.sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_STEPS, SAMPLERS, SamplingInterrupted,
                                     cfg_eps_fn, sample, sampler_spec)
 from . import host
 from .controlnet import controls_of, encode_hints, load_with_controlnets, scheduled_controls
-from .types import CATEGORY, PIXART_CONDITIONING, PIXART_MODEL
+from .types import CATEGORY, PIXART_CONDITIONING, PIXART_MODEL, check_latent
 
 MAX_RESOLUTION = 8192
 
@@ -27,6 +28,7 @@ def run_sampler(model, positive, negative, seed, steps, cfg, sampler_name, width
     init_latent = None
     if latent is not None:
         samples = latent["samples"].float()  # [B, 4, h, w] unscaled
+        check_latent(samples, "latent")
         batch_size, _, lat_h, lat_w = samples.shape
         init_latent = samples * scale
     else:
@@ -35,6 +37,11 @@ def run_sampler(model, positive, negative, seed, steps, cfg, sampler_name, width
         lat_h, lat_w = height // 8, width // 8
     if lat_h % config.patch_size or lat_w % config.patch_size:
         raise ValueError(f"the latent is {lat_w}x{lat_h}; PixArt needs sizes that are multiples of 16 pixels")
+    device = getattr(model.handle, "load_device", None) or host.compute_device()
+    check_fits(lat_h * 8, lat_w * 8, lat_h * 8, lat_w * 8, batch_size, device, budget=host.memory_budget(device),
+               argument="width/height", hidden_size=config.hidden_size,
+               dtype_bytes=next(model.handle.module.parameters()).dtype.itemsize,
+               guidance=cfg > 1.0, decode=False)  # the latent is decoded by the VAE node
     noise = _noise(seed, (batch_size, config.in_channels, lat_h, lat_w))
     hints = controls_of(positive, negative)
     control_latents = encode_hints(hints, lat_w * 8, lat_h * 8, batch_size, scale)  # before the DiT takes the GPU
@@ -43,8 +50,8 @@ def run_sampler(model, positive, negative, seed, steps, cfg, sampler_name, width
     controls = scheduled_controls(hints, control_latents, control_modules)
     param = next(module.parameters())
     device, dtype = param.device, param.dtype
-    cond, cond_mask = positive.repeat_to(batch_size)  # [B, L, C], [B, L]
-    neg, neg_mask = negative.repeat_to(batch_size)
+    cond, cond_mask = positive.repeat_to(batch_size, "positive")  # [B, L, C], [B, L]
+    neg, neg_mask = negative.repeat_to(batch_size, "negative")
     # micro-conditions (α-1024-MS): the model takes the latent's size and ratio, as the reference pipelines do
     # ControlNets: those the positive conditioning carries (see controls_of), one latent for the CFG batch
     eps_fn = cfg_eps_fn(module, cond.to(device, dtype), cond_mask.to(device), neg.to(device, dtype),

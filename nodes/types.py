@@ -77,8 +77,31 @@ class PixArtConditioning:
     prompts: list[str] = field(default_factory=list)
     controls: tuple[ControlHint, ...] = ()
 
-    def repeat_to(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def repeat_to(self, batch: int, name: str = "conditioning") -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states [batch, L, C] and mask [batch, L]; `name` (the input) is named in the error."""
         n = self.hidden.shape[0]
-        if batch % n:
-            raise ValueError(f"a conditioning of {n} prompts cannot fill a batch of {batch}")
+        if n == 0 or batch % n:
+            raise ValueError(f"{name}: a conditioning of {n} prompts cannot fill a batch of {batch} "
+                             f"(the batch must be a multiple of {n}); match the prompt counts")
         return self.hidden.repeat_interleave(batch // n, 0), self.mask.repeat_interleave(batch // n, 0)
+
+
+def check_latent(samples: torch.Tensor, name: str, video: bool = False) -> None:
+    """Refuse a latent that is not [B >= 1, C, h, w] (video=True: or [B, C, T, h, w]) of finite values, naming
+    the input."""
+    if samples.ndim != 4 and not (video and samples.ndim == 5):
+        raise ValueError(f"{name}: expected latents [B, C, H/8, W/8], got shape {tuple(samples.shape)}; "
+                         "connect an image latent (video latents are not supported)")
+    if samples.shape[0] == 0:
+        raise ValueError(f"{name}: the latent batch is empty (shape {tuple(samples.shape)}); "
+                         "connect a non-empty latent")
+    if not torch.isfinite(samples).all():
+        raise ValueError(f"{name}: the latent holds NaN or infinite values; regenerate or re-encode it")
+
+
+def check_image(image: torch.Tensor, name: str) -> None:
+    """Refuse an IMAGE that is not [B >= 1, H, W, C] of finite values, naming the input."""
+    if image.ndim != 4 or image.shape[0] == 0:
+        raise ValueError(f"{name}: expected images [B >= 1, H, W, C], got shape {tuple(image.shape)}")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{name}: the image holds NaN or infinite values; fix the node that made it")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .types import CATEGORY
+from .types import CATEGORY, check_image, check_latent
 
 
 class AtelierVAEDecode:
@@ -24,6 +24,7 @@ class AtelierVAEDecode:
         }}
 
     def decode(self, latent, vae):
+        check_latent(latent["samples"], "latent", video=True)  # a ComfyUI video VAE takes [B, C, T, h, w]
         images = vae.decode(latent["samples"])
         if images.ndim == 5:  # video VAEs return [B, T, H, W, C]
             images = images.reshape(-1, *images.shape[-3:])
@@ -48,6 +49,7 @@ class AtelierVAEEncode:
         }}
 
     def encode(self, image, vae):
+        check_image(image, "image")
         height, width = image.shape[1] // 16 * 16, image.shape[2] // 16 * 16
         if height == 0 or width == 0:
             raise ValueError(f"the image is {image.shape[2]}x{image.shape[1]}; PixArt needs at least 16x16 pixels")

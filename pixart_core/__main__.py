@@ -202,23 +202,23 @@ def _write_images(images, args) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _read_rgb(path: str):
-    """An image file -> float32 [1, 3, H, W] in 0..1."""
-    import numpy as np
-    import torch
-    from PIL import Image
+def _utf8_text(text: str, flag: str) -> str:
+    """argv bytes that are not UTF-8 (surrogate-escaped on Linux) decoded with U+FFFD in their place, with a warning."""
+    try:
+        fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate outside U+DC80..U+DCFF (not from argv bytes)
+        fixed = text.encode("utf-8", "replace").decode("utf-8")
+    if fixed != text:
+        log.warning("%s: bytes that are not UTF-8 were replaced by U+FFFD; pass UTF-8 text", flag)
+    return fixed
 
-    with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None]  # [1, 3, H, W]
 
-
-def _control_image(args, size: tuple[int, int], device):
-    """The --control-image as the pipeline's control_image [1, 1 or 3, H, W] in 0..1; preprocessed at the generation
-    size (PixArt-α `app/app_controlnet.py` runs HED on the image brought to the bin)."""
+def _control_image(args, image, size: tuple[int, int], device):
+    """The --control-image (`image`, read as [1, 3, H, W]) as the pipeline's control_image [1, 1 or 3, H, W]
+    in 0..1; preprocessed at the generation size (PixArt-α `app/app_controlnet.py` runs HED on the image brought
+    to the bin)."""
     from .bins import resize_and_crop
 
-    image = _read_rgb(args.control_image)  # [1, 3, H, W]
     if args.control_preprocess == "none":
         return image
     image = resize_and_crop(image, size[1], size[0])  # [1, 3, h, w] the generation size
@@ -235,12 +235,18 @@ def _generate(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from .devices import check_device
+    from .image_io import read_rgb
     from .pipeline import PixArtPipeline
 
     _check_control_args(args)
     _check_out(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype_from_name(args.dtype) if args.dtype else default_dtype(device)
+    image = read_rgb(args.image, "--image")[None].repeat(args.batch, 1, 1, 1) if args.image else None  # [B, 3, H, W]
+    hint = read_rgb(args.control_image, "--control-image")[None] if args.control_image else None  # [1, 3, H, W]
+    args.prompt, args.negative = (_utf8_text(text, flag) for text, flag in
+                                  ((args.prompt, "--prompt"), (args.negative, "--negative")))
     model = args.model
     if model is None:
         from .hub import fetch_default_model
@@ -251,7 +257,6 @@ def _generate(args) -> int:
                                           text_encoder_dtype=dtype_from_name(args.t5_dtype) if args.t5_dtype else None,
                                           lcm=True if args.lcm else None)
     log.info("model: %s", getattr(pipe.transformer, "detection", None) and pipe.transformer.detection.summary())
-    image = _read_rgb(args.image).repeat(args.batch, 1, 1, 1) if args.image else None  # [B, 3, H, W]
     control = {}
     if args.controlnet:
         from .controlnet import load_controlnet
@@ -259,7 +264,7 @@ def _generate(args) -> int:
         controlnet = load_controlnet(args.controlnet, dtype=dtype, device=device)
         log.info("controlnet: %s", controlnet.summary)
         size = pipe.generation_size(args.height, args.width, not args.no_binning)
-        control = {"controlnet": controlnet, "control_image": _control_image(args, size, device),
+        control = {"controlnet": controlnet, "control_image": _control_image(args, hint, size, device),
                    "controlnet_conditioning_scale": args.control_strength,
                    "control_guidance_start": args.control_start, "control_guidance_end": args.control_end}
     bar = tqdm(total=1, desc="sampling", unit="step", disable=None)

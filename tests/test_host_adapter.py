@@ -156,3 +156,7 @@ def test_plain_vae_matches_pixart_core(host, pack, tmp_path):
     assert images.shape == (2, 16, 24, 3) and 0 <= images.min() and images.max() <= 1
     reference = ((core.decode(latent) + 1) / 2).clamp(0, 1).movedim(1, -1)  # [B, 16, 24, 3]
     assert (images - reference).abs().max() < 1e-5
+
+
+def test_memory_budget_is_the_free_memory_outside_comfyui(host):
+    assert host.memory_budget(torch.device("cpu")) is None  # pixart_core.memory then asks for the free memory
