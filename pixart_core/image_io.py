@@ -21,7 +21,7 @@ def read_rgb(path: str | Path, argument: str) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image.load()
-            rgb = _to_rgb_array(image)  # [H, W, 3] in 0..1
+            rgb = pil_to_rgb_array(image)  # [H, W, 3] in 0..1
     except UnidentifiedImageError:
         raise ValueError(f"{argument} {path}: not an image PIL can read; pass a PNG, JPEG or WebP file") from None
     except (OSError, SyntaxError) as err:  # truncated data ("image file is truncated"), broken chunks
@@ -29,7 +29,7 @@ def read_rgb(path: str | Path, argument: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # [3, H, W]
 
 
-def _to_rgb_array(image) -> np.ndarray:
+def pil_to_rgb_array(image) -> np.ndarray:
     """A PIL image -> float32 [H, W, 3] in 0..1; high-bit-depth grayscale is scaled by its own range."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         gray = np.asarray(image, dtype=np.float32) / 65535.0  # [H, W]

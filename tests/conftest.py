@@ -55,6 +55,15 @@ def nodes(pack, user_models_dir):
         yield pack.NODE_CLASS_MAPPINGS
 
 
+@pytest.fixture(scope="module")
+def sigma(nodes):
+    """(model, t5, positive, negative) from the nodes: the tiny Σ-1024 and T5, "A Red Fox in snow" vs ""."""
+    model, _ = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
+    t5 = nodes["AtelierT5Loader"]().load("t5xxl_fp16.safetensors", "fp32", "cpu")[0]
+    positive, negative = nodes["AtelierT5TextEncode"]().encode(t5, model, "A Red Fox in snow", "")
+    return model, t5, positive, negative
+
+
 def import_pack(name: str = "pixart_atelier"):
     """Import the repository root as the ComfyUI pack package `name` (as ComfyUI's loader does)."""
     if name in sys.modules:

@@ -246,10 +246,8 @@ def test_the_node_and_the_cli_accept_the_same_steps(pack):
 # --- 6. the node's seed range works up to its maximum ------------------------------------------------------
 
 
-def test_the_sampler_node_takes_its_largest_seed(nodes):
-    model, _ = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
-    t5 = nodes["AtelierT5Loader"]().load("t5xxl_fp16.safetensors", "fp32", "cpu")[0]
-    positive, negative = nodes["AtelierT5TextEncode"]().encode(t5, model, "A Red Fox in snow", "")
+def test_the_sampler_node_takes_its_largest_seed(nodes, sigma):
+    model, _, positive, negative = sigma
     largest = nodes["AtelierSampler"].INPUT_TYPES()["required"]["seed"][1]["max"]
     assert largest == 2**64 - 1
     (latent,) = nodes["AtelierSampler"]().generate(model, positive, negative, largest, 2, 4.5, "euler_ancestral",

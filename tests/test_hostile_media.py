@@ -201,14 +201,6 @@ def test_non_utf8_prompt_bytes_are_replaced_with_a_warning(tmp_path, fake_pipe, 
 # --- 5. node tensors ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sigma(nodes):
-    model, _ = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
-    t5 = nodes["AtelierT5Loader"]().load("t5xxl_fp16.safetensors", "fp32", "cpu")[0]
-    positive, negative = nodes["AtelierT5TextEncode"]().encode(t5, model, "A Red Fox in snow", "")
-    return model, t5, positive, negative
-
-
 @pytest.mark.parametrize("samples, message", [
     (torch.zeros(4, 8, 8), "latent: expected latents"),
     (torch.zeros(0, 4, 8, 8), "latent: the latent batch is empty"),

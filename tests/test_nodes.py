@@ -10,14 +10,6 @@ NODE_IDS = ["AtelierModelLoader", "AtelierT5Loader", "AtelierVAELoader", "Atelie
             "AtelierControlNetLoader", "AtelierApplyControlNet", "AtelierHEDPreprocessor", "AtelierCannyPreprocessor"]
 
 
-@pytest.fixture(scope="module")
-def sigma(nodes):
-    model, summary = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
-    t5 = nodes["AtelierT5Loader"]().load("t5xxl_fp16.safetensors", "fp32", "cpu")[0]
-    positive, negative = nodes["AtelierT5TextEncode"]().encode(t5, model, "A Red Fox in snow", "")
-    return model, t5, positive, negative
-
-
 def test_node_metadata_is_complete(pack):
     assert sorted(pack.NODE_CLASS_MAPPINGS) == sorted(NODE_IDS)
     for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..bins import resize_and_crop
+from ..image_io import pil_to_rgb_array
 
 
 def control_image_tensor(image) -> torch.Tensor:
@@ -25,7 +26,7 @@ def control_image_tensor(image) -> torch.Tensor:
         images = image if isinstance(image, (list, tuple)) else [image]
         if not images or not all(hasattr(im, "convert") for im in images):
             raise ValueError("control_image: expected a PIL image, a list of them or a tensor [B, C, H, W] in 0..1")
-        arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]  # [H, W, 3] each
+        arrays = [pil_to_rgb_array(im) for im in images]  # [H, W, 3] each in 0..1, 16-bit/float tones kept
         if len({a.shape for a in arrays}) > 1:
             raise ValueError("control_image: the PIL images of a batch must all have the same size")
         image = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # [B, 3, H, W]
