@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..pixart_core.limits import MAX_SIDE, check_sampled_size
 from ..pixart_core.memory import check_fits
 from ..pixart_core.sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_STEPS, SAMPLERS, SamplingInterrupted,
                                     cfg_eps_fn, sample, sampler_spec)
@@ -11,7 +12,7 @@ from . import host
 from .controlnet import controls_of, encode_hints, load_with_controlnets, scheduled_controls
 from .types import CATEGORY, PIXART_CONDITIONING, PIXART_MODEL, check_latent
 
-MAX_RESOLUTION = 8192
+MAX_RESOLUTION = MAX_SIDE  # the longest side of a trained PixArt bin (pixart_core/limits.py)
 
 
 def _noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -37,6 +38,8 @@ def run_sampler(model, positive, negative, seed, steps, cfg, sampler_name, width
         lat_h, lat_w = height // 8, width // 8
     if lat_h % config.patch_size or lat_w % config.patch_size:
         raise ValueError(f"the latent is {lat_w}x{lat_h}; PixArt needs sizes that are multiples of 16 pixels")
+    # sampled at the latent's own size: larger than any trained PixArt is refused before any model work
+    check_sampled_size(lat_h * 8, lat_w * 8, "latent" if latent is not None else "width/height")
     device = getattr(model.handle, "load_device", None) or host.compute_device()
     check_fits(lat_h * 8, lat_w * 8, lat_h * 8, lat_w * 8, batch_size, device, budget=host.memory_budget(device),
                argument="width/height", hidden_size=config.hidden_size,

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from .dtypes import DTYPES, default_dtype, dtype_from_name
+from .limits import check_sampled_size
 from .sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_STEPS, SAMPLERS, sampler_spec
 
 log = logging.getLogger("pixart_core")
@@ -241,6 +242,8 @@ def _generate(args) -> int:
 
     _check_control_args(args)
     _check_out(args)
+    if args.no_binning:  # binned runs sample at a trained bin and resize only the output (pipeline.py)
+        check_sampled_size(args.height, args.width, "--height/--width")
     device = check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype_from_name(args.dtype) if args.dtype else default_dtype(device)
     image = read_rgb(args.image, "--image")[None].repeat(args.batch, 1, 1, 1) if args.image else None  # [B, 3, H, W]

@@ -19,6 +19,7 @@ import torch
 from .bins import bins_for, closest_bin, resize_and_crop
 from .checkpoint_io import read_json
 from .controlnet.condition import prepare_controls
+from .limits import check_sampled_size
 from .memory import check_fits
 from .sampling import DEFAULT_SAMPLER, cfg_eps_fn, sample, sampler_spec
 
@@ -176,6 +177,7 @@ class PixArtPipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         gen_h, gen_w = self.generation_size(height, width, use_resolution_binning)
+        check_sampled_size(gen_h, gen_w)  # binned sizes always pass: only the output is resized to height x width
         check_fits(gen_h, gen_w, height, width, len(prompts) * num_images_per_prompt, self.device,
                    hidden_size=self.transformer.config.hidden_size, dtype_bytes=self.dtype.itemsize,
                    guidance=cfg > 1.0)  # refused before any allocation (pixart_core/memory.py)

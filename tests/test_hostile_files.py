@@ -4,10 +4,13 @@ refused with a message naming the file or argument; nothing is lost or left behi
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import struct
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -91,6 +94,70 @@ def test_safetensors_library_refuses_the_same_files(tmp_path, case):
                 handle.get_tensor(key)
 
 
+# --- file modes as root: one thread without the capabilities that let root ignore them ---------------------
+
+_CAPABILITY_VERSION_3 = 0x20080522  # _LINUX_CAPABILITY_VERSION_3 in linux/capability.h
+_MODE_OVERRIDES = (1 << 1) | (1 << 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_mode_overrides() -> str | None:
+    """Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this thread (capabilities are per thread, capset(2));
+    from the permitted set too, as access(2) checks root against it. The reason when that fails."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        return f"capget: {os.strerror(ctypes.get_errno())}"
+    data[0].effective &= ~_MODE_OVERRIDES & 0xFFFFFFFF
+    data[0].permitted &= ~_MODE_OVERRIDES & 0xFFFFFFFF
+    if libc.capset(ctypes.byref(header), data) != 0:
+        return f"capset: {os.strerror(ctypes.get_errno())}"
+    with tempfile.TemporaryDirectory() as folder:  # the probe: a mode-000 file must now be unreadable
+        probe = Path(folder) / "probe"
+        probe.touch(mode=0)
+        try:
+            probe.read_bytes()
+        except PermissionError:
+            return None
+    return "root still reads mode-000 files without CAP_DAC_OVERRIDE"
+
+
+def with_file_modes_enforced(fn):
+    """fn() with file modes applying as they do to any user. As root (here and in CI) it runs in a thread that
+    drops the capabilities root ignores modes with; the process keeps them. Skips where that is impossible."""
+    if sys.platform == "win32":
+        pytest.skip("no POSIX file modes on Windows")
+    if os.geteuid() != 0:
+        return fn()
+    if not sys.platform.startswith("linux"):
+        pytest.skip("root ignores file modes, and only Linux lets one thread give that up")
+    outcome = {}
+
+    def body():
+        outcome["skip"] = _drop_mode_overrides()
+        if outcome["skip"] is None:
+            try:
+                outcome["value"] = fn()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread
+                outcome["error"] = err
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if outcome["skip"]:
+        pytest.skip(f"cannot enforce file modes as root here ({outcome['skip']})")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def run_cli(argv, caplog) -> tuple[int, str]:
     caplog.clear()
     code = main(argv)
@@ -125,16 +192,25 @@ def test_fifo_is_refused_by_the_reader(tmp_path):
         open_weights(tmp_path)
 
 
-@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0,
-                    reason="root reads chmod 000 files anyway, so permissions cannot be tested as root")
 def test_info_on_an_unreadable_file(tmp_path, caplog):
     path = write_safetensors(tmp_path / "locked.safetensors", VALID, bytes(12))
     path.chmod(0)
     try:
-        code, text = run_cli(["info", str(path)], caplog)
+        code, text = with_file_modes_enforced(lambda: run_cli(["info", str(path)], caplog))
     finally:
         path.chmod(0o644)
     assert code == 2 and str(path) in text and "permission denied" in text
+    assert path.read_bytes() == write_safetensors(tmp_path / "copy", VALID, bytes(12)).read_bytes()
+
+
+def test_loading_an_unreadable_file_names_it(tmp_path):
+    path = write_safetensors(tmp_path / "locked.safetensors", VALID, bytes(12))
+    path.chmod(0)
+    try:
+        with pytest.raises(CheckpointError, match=f"{path}: permission denied"):
+            with_file_modes_enforced(lambda: open_weights(path))
+    finally:
+        path.chmod(0o644)
 
 
 def test_info_on_a_corrupt_header_is_no_healthy_summary(tmp_path, caplog, capsys):
@@ -264,11 +340,10 @@ def test_make_tiny_into_an_unwritable_place(tmp_path, caplog, where):
     assert not os.path.exists(out) and [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway")
 def test_make_tiny_into_a_read_only_folder(tmp_path, caplog):
     tmp_path.chmod(0o555)
     try:
-        code, text = run_cli(["make-tiny", str(tmp_path / "tiny")], caplog)
+        code, text = with_file_modes_enforced(lambda: run_cli(["make-tiny", str(tmp_path / "tiny")], caplog))
     finally:
         tmp_path.chmod(0o755)
     assert code == 2 and "cannot write there" in text and list(tmp_path.iterdir()) == []

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from test_hostile_files import with_file_modes_enforced
+
 from pixart_core.__main__ import main
+from pixart_core.limits import MAX_SAMPLED_AREA, MAX_SIDE, check_sampled_size
 from pixart_core.pipeline import PixArtPipeline
 from pixart_core.sampling import MAX_STEPS, SAMPLERS, sample
 
@@ -166,14 +171,13 @@ def test_unwritable_out_locations_are_refused_before_loading(tmp_path, no_loadin
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_folder_is_refused_before_loading(tmp_path, no_loading, caplog):
     folder = tmp_path / "locked"
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        assert generate(tmp_path, folder / "x.png") == 2
-        assert generate(tmp_path, folder / "new" / "x.png") == 2
+        assert with_file_modes_enforced(lambda: generate(tmp_path, folder / "x.png")) == 2
+        assert with_file_modes_enforced(lambda: generate(tmp_path, folder / "new" / "x.png")) == 2
     finally:
         folder.chmod(0o755)
     assert "--out" in caplog.text and "cannot write in" in caplog.text
@@ -283,3 +287,102 @@ def test_ctrl_c_during_sampling_prints_one_line_and_exits_130(tmp_path, fake_pip
     errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
     assert errors == ["interrupted; nothing written"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+# --- 9. sizes beyond the largest trained PixArt are refused before any model work ---------------------------
+
+TOO_LARGE = [(4096, 4096), (2048, 4096), (4096, 2048), (1040, 4096)]  # (width, height), all over 2048x2048 in area
+
+
+def test_the_largest_trained_size_passes_and_one_more_row_does_not():
+    for height, width in [(2048, 2048), (1024, 4096), (4096, 1024)]:  # Σ-2K's square and 1:4 bins
+        check_sampled_size(height, width)
+    with pytest.raises(ValueError, match=r"^height/width: 2048 wide x 2064 high \(4,227,072 pixels\) is larger "
+                                         r"than the largest trained PixArt size \(Σ-2K, 2048x2048 = 4,194,304 pixels\)"):
+        check_sampled_size(2064, 2048, "height/width")
+    assert MAX_SAMPLED_AREA == 2048 * 2048
+
+
+def test_the_node_sizes_stop_at_the_longest_trained_side(pack):
+    required = pack.NODE_CLASS_MAPPINGS["AtelierSampler"].INPUT_TYPES()["required"]
+    assert required["width"][1]["max"] == required["height"][1]["max"] == MAX_SIDE == 4096
+
+
+@pytest.fixture
+def sampler_module(nodes, monkeypatch):
+    """The sampler node's module, its noise and sampling replaced by a failure: refusals must come first."""
+    module = sys.modules[nodes["AtelierSampler"].__module__]
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampling started before the size was refused")
+
+    monkeypatch.setattr(module, "_noise", no_sampling)
+    monkeypatch.setattr(module, "sample", no_sampling)
+    return module
+
+
+@pytest.mark.parametrize("width, height", TOO_LARGE)
+def test_the_node_refuses_areas_beyond_the_largest_trained_pixart(nodes, sigma, sampler_module, width, height):
+    model, _, positive, negative = sigma
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=f"^width/height: {width} wide x {height} high .* largest trained "
+                                         "PixArt .*; generate at most 2048x2048 in area and upscale"):
+        nodes["AtelierSampler"]().generate(model, positive, negative, 0, 20, 4.5, "dpmpp_2m", width, height, 1)
+    assert time.monotonic() - start < 2
+
+
+def test_the_node_refuses_a_connected_latent_beyond_it_too(nodes, sigma, sampler_module):
+    model, _, positive, negative = sigma
+    latent = {"samples": torch.zeros(1, 4, 512, 512)}  # [B, 4, h, w]: 4096x4096 pixels
+    with pytest.raises(ValueError, match="^latent: 4096 wide x 4096 high .* largest trained"):
+        nodes["AtelierSampler"]().generate(model, positive, negative, 0, 20, 4.5, "dpmpp_2m", 64, 64, 1,
+                                           0.5, latent)
+
+
+@pytest.mark.parametrize("width, height", [(2048, 2048), (1024, 4096)])
+def test_the_node_samples_up_to_the_largest_trained_area(nodes, sigma, monkeypatch, sampler_module, width, height):
+    model, _, positive, negative = sigma
+
+    def reached(*args, **kwargs):
+        raise InterruptedError("reached sampling")
+
+    monkeypatch.setattr(sampler_module, "sample", reached)
+    monkeypatch.setattr(sampler_module, "_noise", lambda seed, shape: torch.zeros(shape))  # [B, 4, h, w]
+    with pytest.raises(InterruptedError, match="reached sampling"):
+        nodes["AtelierSampler"]().generate(model, positive, negative, 0, 20, 4.5, "dpmpp_2m", width, height, 1)
+
+
+@pytest.mark.parametrize("width, height", TOO_LARGE)
+def test_the_cli_refuses_unbinned_areas_before_loading(tmp_path, no_loading, caplog, width, height):
+    code = generate(tmp_path, tmp_path / "o.png", "--no-binning", "--width", str(width), "--height", str(height))
+    assert code == 2
+    assert f"--height/--width: {width} wide x {height} high (" in caplog.text and "upscale" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_the_cli_refuses_it_before_controlnet_preprocessing(tmp_path, no_loading, caplog):
+    for name in ("cn.pth", "edges.png"):
+        (tmp_path / name).write_bytes(b"never read")
+    code = generate(tmp_path, tmp_path / "o.png", "--no-binning", "--width", "4096", "--height", "4096",
+                    "--controlnet", str(tmp_path / "cn.pth"), "--control-image", str(tmp_path / "edges.png"))
+    assert code == 2 and "--height/--width: 4096 wide x 4096 high" in caplog.text
+
+
+def test_the_cli_bins_a_large_request_and_only_resizes_the_output(tmp_path, fake_pipe):
+    assert generate(tmp_path, tmp_path / "o.png", "--width", "4096", "--height", "4096") == 0
+    call = fake_pipe.calls[-1]
+    assert (call["height"], call["width"], call["use_resolution_binning"]) == (4096, 4096, True)
+
+
+def test_the_library_refuses_unbinned_areas_before_encoding(tiny_pipe, monkeypatch):
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("prompts were encoded before the size was refused")
+
+    monkeypatch.setattr(tiny_pipe, "encode_prompt", no_encoding)
+    with pytest.raises(ValueError, match="^--height/--width: 4096 wide x 4096 high .* largest trained"):
+        tiny_pipe("a fox", height=4096, width=4096, use_resolution_binning=False)
+
+
+def test_the_library_samples_a_large_binned_request_at_its_bin(tiny_pipe):
+    latents = tiny_pipe("a fox", height=4096, width=4096, num_inference_steps=1, output_type="latent")
+    assert latents.shape == (1, 4, 32, 32)  # sampled at the 256x256 bin of the tiny Σ-256

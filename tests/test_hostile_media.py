@@ -238,11 +238,11 @@ def test_conditionings_that_do_not_divide_the_batch_are_named(nodes, sigma):
 # --- 6. the sampler node's largest size --------------------------------------------------------------------
 
 
-def test_the_largest_node_size_is_refused_at_once_when_it_cannot_fit(nodes, sigma, monkeypatch):
+def test_the_largest_node_area_is_refused_at_once_when_it_cannot_fit(nodes, sigma, monkeypatch):
     model, _, positive, negative = sigma
     node_memory = sys.modules[type(model).__module__.rsplit(".", 2)[0] + ".pixart_core.memory"]
     monkeypatch.setattr(node_memory, "available_bytes", lambda device: memory.GIB // 100)  # the tiny DiT is narrow
     start = time.monotonic()
-    with pytest.raises(ValueError, match=r"width/height 8192x8192 with batch 1 needs about [\d.]+ GiB"):
-        nodes["AtelierSampler"]().generate(model, positive, negative, 0, 2, 4.5, "dpmpp_2m", 8192, 8192, 1)
+    with pytest.raises(ValueError, match=r"width/height 2048x2048 with batch 1 needs about [\d.]+ GiB"):
+        nodes["AtelierSampler"]().generate(model, positive, negative, 0, 2, 4.5, "dpmpp_2m", 2048, 2048, 1)
     assert time.monotonic() - start < 2
