@@ -9,12 +9,13 @@ ignored exactly, and the final layer uses t.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .blocks import FinalLayer, PixArtBlock
+from .capture import AttentionCapture
 from .config import PixArtConfig
 from .embeddings import CaptionEmbedder, PatchEmbed, SizeEmbedder, TimestepEmbedder, sincos_pos_embed_2d
 from .linear import ComputeLinear, ScratchPool
@@ -147,6 +148,12 @@ class PixArtTransformer(nn.Module):
                     tokens = block(tokens, t0, caption, keep, grid_hw)  # [B, N, C]
             out = self.final_layer(tokens, t)  # [B, N, p*p*out]
             return self.unpatchify(out, grid_hw).to(x.dtype)  # [B, out, H, W]
+
+    def capture_attention(self, blocks: Iterable[int] | None = None) -> AttentionCapture:
+        """Context manager recording the cross-attention of `blocks` (indices; None = all) during forwards:
+        `with model.capture_attention() as cap: model(...)`, then `cap.cross_attention()` [B, h*w, L]
+        (`pixart_core.pixart.capture`)."""
+        return AttentionCapture(self, blocks)
 
     def unpatchify(self, tokens: Tensor, grid_hw: tuple[int, int]) -> Tensor:
         """[B, h*w, p*p*c] -> [B, c, h*p, w*p] (token layout (p_h, p_w, c), as official `unpatchify`)."""
