@@ -2,6 +2,8 @@
 
 Public entry points (imported lazily so that `import pixart_core` stays cheap):
     load_transformer, load_controlnet, load_t5_encoder, load_t5_tokenizer, load_vae, PixArtPipeline, PixArtConfig
+    RGBA: load_transparent_decoder, load_transparent_encoder, pad_rgb, matte (attention capture is
+    `PixArtTransformer.capture_attention`)
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ _EXPORTS = {
     "PixArtPipeline": ".pipeline",
     "CheckpointError": ".errors",
     "TokenizerNotFoundError": ".errors",
+    "load_transparent_decoder": ".rgba.transparent_load",
+    "load_transparent_encoder": ".rgba.transparent_load",
+    "TransparentDecoder": ".rgba.transparent_decoder",
+    "TransparentEncoder": ".rgba.transparent_encoder",
+    "pad_rgb": ".rgba.transparent_encoder",
+    "matte": ".rgba.matte",
 }
 
 __all__ = sorted(_EXPORTS)

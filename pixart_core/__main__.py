@@ -104,6 +104,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--variant", help="override detection with a variant name (e.g. sigma-1024, alpha-512)")
     p.add_argument("--lcm", action="store_true", help="treat the model as PixArt-δ LCM (4 steps, no CFG)")
+    p.add_argument("--transparent", action="store_true", help="write an RGBA PNG: the subject centred on a plain "
+                   "background, then matted from its cross-attention (training-free, Alfie; needs pymatting)")
     c = p.add_argument_group("PixArt-δ ControlNet")
     c.add_argument("--controlnet", help="ControlNet file or folder (official .pth, controlnet-only .pth/.safetensors, "
                    "diffusers folder), e.g. PixArt-XL-2-1024-ControlNet.pth with --model PixArt-XL-2-1024-MS")
@@ -236,10 +238,12 @@ def _generate(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from .cli_transparent import check_args, generate_files
     from .devices import check_device
     from .image_io import read_rgb
     from .pipeline import PixArtPipeline
 
+    check_args(args)  # --transparent's usage errors
     _check_control_args(args)
     _check_out(args)
     if args.no_binning:  # binned runs sample at a trained bin and resize only the output (pipeline.py)
@@ -260,6 +264,8 @@ def _generate(args) -> int:
                                           text_encoder_dtype=dtype_from_name(args.t5_dtype) if args.t5_dtype else None,
                                           lcm=True if args.lcm else None)
     log.info("model: %s", getattr(pipe.transformer, "detection", None) and pipe.transformer.detection.summary())
+    if args.transparent:
+        return generate_files(pipe, args, _out_targets(args))
     control = {}
     if args.controlnet:
         from .controlnet import load_controlnet

@@ -236,6 +236,13 @@ class PixArtPipeline:
             return to_pil(pixels)
         raise ValueError(f"output_type must be 'pil', 'pt' or 'latent', not {output_type!r}")
 
+    def generate_transparent(self, prompt: str, **kwargs):
+        """RGBA images of `prompt` from the frozen model (Alfie-style centring and attention matte): keywords and
+        result (`TransparentResult`) as `pixart_core.rgba.alfie.generate_transparent`."""
+        from .rgba.alfie import generate_transparent
+
+        return generate_transparent(self, prompt, **kwargs)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Model-space latents -> images in -1..1 (float32)."""
         vae_param = next(self.vae.parameters())

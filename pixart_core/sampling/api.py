@@ -2,7 +2,7 @@
 
 Internally the samplers walk k-diffusion latents x = x_vp * sqrt(1 + sigma^2) (= x0 + sigma * eps); this
 module converts at both ends, builds the schedule, draws nothing itself except through `generator`, and
-adapts `callback` / `should_stop` to the samplers' k-diffusion step callback (`_StepReporter`).
+adapts `callback` / `should_stop` / `step_hook` to the samplers' k-diffusion step callback (`_StepReporter`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .schedule import linear_schedule
 from .table import DEFAULT_SAMPLER, plan_for, sampler_spec
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+StepHook = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 
 
 class SamplingInterrupted(RuntimeError):
@@ -33,12 +34,13 @@ class _StepReporter:
     """
 
     def __init__(self, model, sigmas: torch.Tensor, callback: StepCallback | None,
-                 should_stop: Callable[[], bool] | None):
+                 should_stop: Callable[[], bool] | None, step_hook: StepHook | None = None):
         self.inner_model = model
         self.sigmas = sigmas  # [n + 1] float64
         self.total = len(sigmas) - 1
         self.callback = callback
         self.should_stop = should_stop
+        self.step_hook = step_hook
         self.pending: dict[str, Any] | None = None  # k-diffusion dict of the step whose output is not yet known
 
     def stop_if_asked(self, done: int) -> None:
@@ -54,18 +56,37 @@ class _StepReporter:
         self.finish_step(x)
         return self.inner_model(x, sigma, **extra_args)
 
-    def finish_step(self, x: torch.Tensor) -> None:
-        """Report the pending step, whose output is x [B, C, H, W] (k-diffusion latent)."""
+    def finish_step(self, x: torch.Tensor, in_place: bool = True) -> torch.Tensor:
+        """Report the pending step, whose output is x [B, C, H, W] (k-diffusion latent); returns x as `step_hook`
+        left it. Between steps the hook's result is copied into x itself (`in_place`): every sampler here goes on
+        with the very tensor it handed to the denoiser, so the next update starts from the hooked latent."""
         if self.pending is None:
-            return
+            return x
         step, denoised = self.pending["i"], self.pending["denoised"]
         self.pending = None
+        scale = math.sqrt(1.0 + float(self.sigmas[step + 1]) ** 2)
+        if self.step_hook is not None:
+            hooked = self.step_hook(step, self.total, x / scale)  # [B, C, H, W] VP latent or None
+            if hooked is not None:
+                x = _replace(x, hooked * scale, in_place)  # [B, C, H, W]
         if self.callback is not None:
-            sigma_next = float(self.sigmas[step + 1])
-            x_vp = x / math.sqrt(1.0 + sigma_next**2)  # [B, C, H, W]
+            x_vp = x / scale  # [B, C, H, W]
             self.callback(step, self.total, x_vp, denoised)
         if step + 1 < self.total:
             self.stop_if_asked(step + 1)
+        return x
+
+
+def _replace(x: torch.Tensor, new: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """x's values set to new [B, C, H, W] (copied into x when in_place, else a new tensor in x's dtype)."""
+    if not isinstance(new, torch.Tensor) or new.shape != x.shape:
+        shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+        raise ValueError(f"step_hook must return a latent shaped like x {tuple(x.shape)} (or None), got {shape}")
+    if not in_place:
+        return new.to(device=x.device, dtype=x.dtype)  # [B, C, H, W]
+    with torch.inference_mode() if x.is_inference() else torch.no_grad():
+        x.copy_(new)  # [B, C, H, W]
+    return x
 
 
 def _check_latents(name: str, value: torch.Tensor) -> None:
@@ -80,7 +101,8 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def sample(eps_fn: EpsFn, noise: torch.Tensor, *, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
            denoise: float = 1.0, init_latent: torch.Tensor | None = None, generator: torch.Generator | None = None,
-           callback: StepCallback | None = None, should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+           callback: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
+           step_hook: StepHook | None = None) -> torch.Tensor:
     """Run `sampler` for `steps` steps (None: its `default_steps`) and return the clean latent [B, C, H, W] in
     the model's (VP) space.
 
@@ -94,6 +116,11 @@ def sample(eps_fn: EpsFn, noise: torch.Tensor, *, sampler: str = DEFAULT_SAMPLER
     callback(step_index, total_steps, x, denoised): after every step, x the VP latent after the step and
         denoised the current x0 prediction. should_stop(): polled before each step; True raises
         `SamplingInterrupted`. Computation runs in float32 for half-precision noise; returns that dtype.
+    step_hook(step_index, total_steps, x) -> x' or None: after every step, before `callback`, with x the VP
+        latent after the step; a returned x' (same shape) replaces it, so the next step starts from x' (e.g. a
+        latent blend between batch rows, as Alfie's centring, arXiv 2408.14826). SA-Solver's corrector later
+        revises a step's output from its input and the next model call, so there the hook steers the model
+        inputs rather than fixing the stored latent exactly.
     """
     spec = sampler_spec(sampler)
     _check_latents("noise", noise)
@@ -118,11 +145,11 @@ def sample(eps_fn: EpsFn, noise: torch.Tensor, *, sampler: str = DEFAULT_SAMPLER
 
     denoiser = EpsDenoiser(eps_fn, schedule, plan)
     reporter = _StepReporter(denoiser if spec.denoiser is None else spec.denoiser(denoiser), sigmas, callback,
-                             should_stop)
+                             should_stop, step_hook)
     options = {} if spec.options is None else dict(spec.options(schedule))
     if spec.draws_noise:
         options["noise_sampler"] = noise_sampler_from(x, generator)
     reporter.stop_if_asked(0)
     x = spec.function(reporter.model, x, sigmas, callback=reporter.on_step, disable=True, **options)
-    reporter.finish_step(x)
+    x = reporter.finish_step(x, in_place=False)
     return x / math.sqrt(1.0 + float(sigmas[-1]) ** 2)  # [B, C, H, W] back to VP space
