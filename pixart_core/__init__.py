@@ -4,6 +4,7 @@ Public entry points (imported lazily so that `import pixart_core` stays cheap):
     load_transformer, load_controlnet, load_t5_encoder, load_t5_tokenizer, load_vae, PixArtPipeline, PixArtConfig
     RGBA: load_transparent_decoder, load_transparent_encoder, pad_rgb, matte (attention capture is
     `PixArtTransformer.capture_attention`)
+    layers: Layout, parse_layout, Layer, LayerStack (PSD / ORA / PNG-folder files)
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ _EXPORTS = {
     "TransparentEncoder": ".rgba.transparent_encoder",
     "pad_rgb": ".rgba.transparent_encoder",
     "matte": ".rgba.matte",
+    "Layer": ".layers",
+    "LayerStack": ".layers",
+    "Layout": ".layers",
+    "parse_layout": ".layers",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -50,7 +50,7 @@ def test_core_library_never_imports_comfyui():
 
 
 # distribution name in requirements.txt -> the module runtime code imports
-_IMPORT_NAMES = {"pillow": "PIL", "opencv-python": "cv2"}
+_IMPORT_NAMES = {"pillow": "PIL", "opencv-python": "cv2", "psd-tools": "psd_tools"}
 
 
 def _runtime_imports() -> set[str]:
