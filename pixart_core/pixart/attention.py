@@ -107,6 +107,7 @@ class CrossAttention(nn.Module):
         self.kv_linear = ComputeLinear(dim, 2 * dim, role="cross_kv", dtype=dtype, device=device)
         self.proj = ComputeLinear(dim, dim, role="proj", dtype=dtype, device=device)
         self.recorder = None  # an `AttentionRecorder` only inside `PixArtTransformer.capture_attention`
+        self.regional = None  # a `RegionalPrompting` only inside `PixArtTransformer.regional_prompting`
 
     def forward(self, x: Tensor, context: Tensor, keep: Tensor | None = None) -> Tensor:
         """x [B, N, C], context [B, L, C], keep bool [B, 1, 1, L] or None (all kept) -> [B, N, C]."""
@@ -117,6 +118,8 @@ class CrossAttention(nn.Module):
         k, v = kv.view(batch, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, L, d]
         if q.dtype != k.dtype:
             k, v = k.to(q.dtype), v.to(q.dtype)  # [B, H, L, d]
+        if self.regional is not None:  # masks, blends and records per `regions.RegionalPrompting`
+            return self.proj(_merge_heads(self.regional.attend(self, q, k, v, keep)))  # [B, N, C]
         if self.recorder is not None:
             self.recorder.record(q, k, keep)  # reads q and k only
         out = _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep))  # [B, N, C]

@@ -19,6 +19,7 @@ from .capture import AttentionCapture
 from .config import PixArtConfig
 from .embeddings import CaptionEmbedder, PatchEmbed, SizeEmbedder, TimestepEmbedder, sincos_pos_embed_2d
 from .linear import ComputeLinear, ScratchPool
+from .regions import RegionalPrompt, RegionalPrompting
 from ..controlnet.apply import active_controls, run_controlled_blocks
 
 
@@ -154,6 +155,12 @@ class PixArtTransformer(nn.Module):
         `with model.capture_attention() as cap: model(...)`, then `cap.cross_attention()` [B, h*w, L]
         (`pixart_core.pixart.capture`)."""
         return AttentionCapture(self, blocks)
+
+    def regional_prompting(self, regional: RegionalPrompt, rows: Sequence[int] | None = None) -> RegionalPrompting:
+        """Context manager making every cross-attention prompt regionally for batch `rows` (None: all):
+        `context, mask, rows = regional.model_inputs(negative, negative_mask)`, then
+        `with model.regional_prompting(regional, rows): model(x, t, context, mask)` (`pixart_core.pixart.regions`)."""
+        return RegionalPrompting(self, regional, rows)
 
     def unpatchify(self, tokens: Tensor, grid_hw: tuple[int, int]) -> Tensor:
         """[B, h*w, p*p*c] -> [B, c, h*p, w*p] (token layout (p_h, p_w, c), as official `unpatchify`)."""
