@@ -4,8 +4,10 @@ from .controlnet import AtelierApplyControlNet, AtelierControlNetLoader
 from .loaders import AtelierModelLoader, AtelierT5Loader, AtelierVAELoader
 from .preprocessors import AtelierCannyPreprocessor, AtelierHEDPreprocessor
 from .resolution import AtelierResolutionSelect
+from .rgba_save import AtelierSaveRGBA
 from .sampler import AtelierSampler
 from .text import AtelierT5TextEncode
+from .transparency import AtelierTransparentDecode, AtelierTransparentEncode, AtelierTransparentSampler
 from .vae import AtelierVAEDecode, AtelierVAEEncode
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
@@ -21,6 +23,10 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "AtelierApplyControlNet": AtelierApplyControlNet,
     "AtelierHEDPreprocessor": AtelierHEDPreprocessor,
     "AtelierCannyPreprocessor": AtelierCannyPreprocessor,
+    "AtelierTransparentSampler": AtelierTransparentSampler,
+    "AtelierTransparentDecode": AtelierTransparentDecode,
+    "AtelierTransparentEncode": AtelierTransparentEncode,
+    "AtelierSaveRGBA": AtelierSaveRGBA,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -36,4 +42,8 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "AtelierApplyControlNet": "PixArt Apply ControlNet",
     "AtelierHEDPreprocessor": "PixArt HED Preprocessor",
     "AtelierCannyPreprocessor": "PixArt Canny Preprocessor",
+    "AtelierTransparentSampler": "PixArt Transparent Sampler",
+    "AtelierTransparentDecode": "PixArt Transparent Decode",
+    "AtelierTransparentEncode": "PixArt Transparent Encode",
+    "AtelierSaveRGBA": "PixArt Save RGBA",
 }

@@ -28,6 +28,8 @@ TINY_VAES = ("sd_diffusers", "sd_ldm.safetensors", "sdxl_diffusers_single.safete
 
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
+# RGBA workflows (#9): they save RGBA PNGs (plus a checkerboard preview), tested by test_transparent_workflow_runs
+TRANSPARENT_WORKFLOWS = ("pixart_rgba_img2img", "pixart_sigma_transparent_sticker")
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +172,8 @@ def small(api: dict, steps: int = 4) -> dict:
     return api
 
 
-@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in sorted(WORKFLOWS.glob("*.json")) if p.stem not in TRANSPARENT_WORKFLOWS],
+                         ids=lambda p: p.stem)
 def test_example_workflow_runs(server, path):
     api = small(json.loads(path.read_text()))
     previews_before = len(server.events.previews)
@@ -200,3 +203,52 @@ def test_interrupt_stops_a_long_pixart_run(server):
     entry = server.wait(prompt_id, timeout=120)
     assert "execution_interrupted" in status_messages(entry), entry["status"]
     assert server.events.of_prompt(prompt_id, "progress")[-1]["data"]["value"] < 500
+
+
+def _write_rgba_input(server: ComfyServer, name: str) -> None:
+    """A 256x256 RGBA PNG in the server's input folder: a colour gradient, opaque disc, soft edge, clear corners."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:256, 0:256]
+    alpha = np.clip((100.0 - np.hypot(y - 128.0, x - 128.0)) / 12.0, 0.0, 1.0)  # [256, 256]
+    rgba = np.stack([x, y, 255 - x, 255 * alpha], axis=-1).astype("uint8")  # [256, 256, 4]
+    Image.fromarray(rgba, "RGBA").save(server.base / "input" / name)
+
+
+@pytest.mark.parametrize("name", TRANSPARENT_WORKFLOWS)
+def test_transparent_workflow_runs(server, name):
+    """The RGBA examples at 256x256 on the tiny Σ-256, 4 steps: Save RGBA writes one RGBA PNG with the prompt
+    embedded, which core Join Image with Alpha + Save Image on the decoder's IMAGE and MASK writes identically."""
+    api = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    by_type = {node["class_type"]: node_id for node_id, node in api.items()}
+    api[by_type["AtelierModelLoader"]]["inputs"]["model_name"] = "PixArt-Sigma-XL-2-256x256.pth"
+    sampler_id = by_type.get("AtelierTransparentSampler") or by_type["AtelierSampler"]
+    api[sampler_id]["inputs"].update(steps=4, width=256, height=256)
+    if "LoadImage" in by_type:
+        _write_rgba_input(server, api[by_type["LoadImage"]]["inputs"]["image"])
+    decode_id, save_id = by_type["AtelierTransparentDecode"], by_type["AtelierSaveRGBA"]
+    api["90"] = {"class_type": "JoinImageWithAlpha", "inputs": {"image": [decode_id, 0], "alpha": [decode_id, 1]}}
+    api["91"] = {"class_type": "SaveImage", "inputs": {"images": ["90", 0], "filename_prefix": "atelier/joined"}}
+    entry = run_workflow(server, api, timeout=600)
+
+    (ours,) = saved_images(server, entry, save_id)
+    (core,) = saved_images(server, entry, "91")
+    assert ours.parent == server.base / "output" and ours.suffix == ".png"
+    pixels = read_image(ours)
+    assert pixels.shape == (256, 256, 4), pixels.shape
+    assert (read_image(core) == pixels).all(), "Save RGBA and core Join Image with Alpha + Save Image differ"
+    from PIL import Image
+
+    with Image.open(ours) as saved, Image.open(core) as joined:
+        assert saved.mode == joined.mode == "RGBA"
+        assert json.loads(saved.text["prompt"]) == json.loads(joined.text["prompt"])
+    (preview,) = saved_images(server, entry, by_type["PreviewImage"])
+    assert read_image(preview).shape == (256, 256, 3)
+    engine = entry["outputs"][decode_id]["text"][0]
+    engine_name = api[decode_id]["inputs"]["engine"]
+    assert engine_name in engine, engine
+    progress = [m["data"]["value"] for m in server.events.of_prompt(entry["prompt_id"], "progress")
+                if m["data"].get("node") == sampler_id]
+    steps = 4 if "latent" not in api[sampler_id]["inputs"] else int(4 * api[sampler_id]["inputs"]["denoise"])
+    assert progress == list(range(1, steps + 1)), progress

@@ -12,7 +12,9 @@ from pixart_core.__main__ import main
 ROOT = Path(__file__).resolve().parents[1]
 # (workflow node input, ComfyUI models folder it names a file of)
 _MODEL_INPUTS = {"model_name": "diffusion_models", "t5_name": "text_encoders", "vae_name": "vae",
-                 "controlnet_name": "controlnet", "hed_name": "annotators"}
+                 "controlnet_name": "controlnet", "hed_name": "annotators", "encoder_name": "layer_model",
+                 "engine": "layer_model"}
+_NOT_FILES = {"attention matte"}  # engine choices that name no model file
 
 
 def _workflow_model_files() -> set[str]:
@@ -21,7 +23,7 @@ def _workflow_model_files() -> set[str]:
     for path in (ROOT / "workflows" / "api").glob("*.json"):
         for node in json.loads(path.read_text()).values():
             for name, folder in _MODEL_INPUTS.items():
-                if isinstance(node["inputs"].get(name), str):
+                if isinstance(node["inputs"].get(name), str) and node["inputs"][name] not in _NOT_FILES:
                     files.add(f"{folder}/{node['inputs'][name]}")
     return files
 

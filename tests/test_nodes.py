@@ -7,7 +7,8 @@ import torch
 
 NODE_IDS = ["AtelierModelLoader", "AtelierT5Loader", "AtelierVAELoader", "AtelierT5TextEncode",
             "AtelierResolutionSelect", "AtelierSampler", "AtelierVAEDecode", "AtelierVAEEncode",
-            "AtelierControlNetLoader", "AtelierApplyControlNet", "AtelierHEDPreprocessor", "AtelierCannyPreprocessor"]
+            "AtelierControlNetLoader", "AtelierApplyControlNet", "AtelierHEDPreprocessor", "AtelierCannyPreprocessor",
+            "AtelierTransparentSampler", "AtelierTransparentDecode", "AtelierTransparentEncode", "AtelierSaveRGBA"]
 
 
 def test_node_metadata_is_complete(pack):
@@ -17,7 +18,9 @@ def test_node_metadata_is_complete(pack):
         assert cls.CATEGORY.startswith("PixArt Atelier/") and cls.DESCRIPTION and hasattr(cls, cls.FUNCTION)
         assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
         spec = cls.INPUT_TYPES()
-        for section in spec.values():
+        for section_name, section in spec.items():
+            if section_name == "hidden":  # PROMPT / EXTRA_PNGINFO: filled in by ComfyUI, never shown
+                continue
             for name, (kind, *opts) in section.items():
                 assert opts and opts[0].get("tooltip"), f"{node_id}.{name} has no tooltip"
 

@@ -27,7 +27,7 @@ def test_the_four_examples_exist_in_both_formats():
     names = {p.stem for p in UI_FILES}
     assert names == {p.stem for p in API_FILES}
     assert {"pixart_sigma_1024_text_to_image", "pixart_alpha_1024ms_text_to_image", "pixart_delta_lcm_4_steps",
-            "pixart_sigma_image_to_image"} <= names
+            "pixart_sigma_image_to_image", "pixart_sigma_transparent_sticker", "pixart_rgba_img2img"} <= names
 
 
 def test_committed_files_match_the_builder(builder):

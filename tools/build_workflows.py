@@ -22,12 +22,14 @@ CORE_WIDGETS: dict[str, list[str]] = {
     "VAEDecode": [],
     "SaveImage": ["filename_prefix"],
     "LoadImage": ["image", "upload"],
+    "PreviewImage": [],
 }
 CORE_SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "VAELoader": ([], [("VAE", "VAE")]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "SaveImage": ([("images", "IMAGE")], []),
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "PreviewImage": ([("images", "IMAGE")], []),
 }
 
 # Node body sizes [width, height] for the canvas: at least what ComfyUI frontend 1.27 computes for each node
@@ -38,11 +40,13 @@ UI_SIZES: dict[str, list[int]] = {
     "VAELoader": [320, 60], "AtelierVAEDecode": [210, 50], "AtelierVAEEncode": [210, 50], "VAEDecode": [210, 50],
     "LoadImage": [370, 330], "SaveImage": [340, 340], "AtelierControlNetLoader": [370, 90],
     "AtelierApplyControlNet": [320, 190], "AtelierHEDPreprocessor": [320, 60], "AtelierCannyPreprocessor": [320, 80],
+    "AtelierTransparentSampler": [400, 560], "AtelierTransparentDecode": [340, 150],
+    "AtelierTransparentEncode": [340, 100], "AtelierSaveRGBA": [340, 340], "PreviewImage": [340, 340],
 }
 TITLE_HEIGHT, COLUMN_GAP, ROW_GAP, MARGIN = 30, 60, 40, 40
 # Room left below a node for what appears on it after a run: the web extension's detected-variant box on the
 # model loader; the frontend's latent preview on the sampler (frontend 1.27 grows it from 320 to ~534 px tall).
-GROWS_BY: dict[str, int] = {"AtelierModelLoader": 80, "AtelierSampler": 220}
+GROWS_BY: dict[str, int] = {"AtelierModelLoader": 80, "AtelierSampler": 220, "AtelierTransparentSampler": 220}
 
 
 @dataclass
@@ -216,6 +220,45 @@ def _text_to_image(model: str, vae_nodes: str, vae: str, sampler: dict, prompt: 
     return nodes
 
 
+def _transparent_graphs() -> dict[str, list[Node]]:
+    """RGBA (#9): a Σ sticker through the attention matte, and RGBA image-to-image through LayerDiffuse's
+    transparent VAE (offset encoder in, transparent decoder out); both save RGBA PNGs and preview on a checkerboard."""
+    sigma = {"model_name": "PixArt-Sigma-XL-2-1024-MS.pth", "dtype": "auto", "variant": "auto"}
+    t5 = {"t5_name": "t5xxl_fp16.safetensors", "dtype": "auto", "device": "auto"}
+    sticker = [
+        Node(1, "AtelierModelLoader", sigma),
+        Node(2, "AtelierT5Loader", t5),
+        Node(3, "AtelierTransparentSampler", {
+            "prompt": "a cute red panda sitting, full body, sticker illustration",
+            "negative": "blurry, shadow, low-resolution, low-quality", "seed": 42, "steps": 20, "cfg": 4.5,
+            "sampler_name": "dpmpp_2m", "width": 1024, "height": 1024, "batch_size": 1, "border": 0.125,
+            "steer": 1.0, "capture_from": 0.5}, {"model": (1, 0), "t5": (2, 0)}),
+        Node(6, "VAELoader", {"vae_name": "sdxl_vae.safetensors"}),
+        Node(7, "AtelierTransparentDecode", {"engine": "attention matte", "tta": True},
+             {"samples": (3, 0), "vae": (6, 0), "attention": (3, 1)}),
+        Node(8, "AtelierSaveRGBA", {"filename_prefix": "PixArt-sticker"}, {"rgba": (7, 2)}),
+        Node(9, "PreviewImage", {}, {"images": (7, 3)}),
+    ]
+    rgba_img2img = [
+        Node(1, "AtelierModelLoader", sigma),
+        Node(2, "AtelierT5Loader", t5),
+        Node(3, "AtelierT5TextEncode", {"positive": "a blue glass bottle with a cork, product photo", "negative": ""},
+             {"t5": (2, 0), "model": (1, 0)}),
+        Node(4, "LoadImage", {"image": "example_rgba.png"}),
+        Node(6, "VAELoader", {"vae_name": "sdxl_vae.safetensors"}),
+        Node(9, "AtelierTransparentEncode", {"encoder_name": "vae_transparent_encoder.safetensors"},
+             {"image": (4, 0), "vae": (6, 0), "mask": (4, 1)}),
+        Node(5, "AtelierSampler", {"seed": 7, "steps": 20, "cfg": 4.5, "sampler_name": "dpmpp_2m", "width": 1024,
+                                   "height": 1024, "batch_size": 1, "denoise": 0.5},
+             {"model": (1, 0), "positive": (3, 0), "negative": (3, 1), "latent": (9, 0)}),
+        Node(7, "AtelierTransparentDecode", {"engine": "vae_transparent_decoder.safetensors", "tta": True},
+             {"samples": (5, 0), "vae": (6, 0)}),
+        Node(8, "AtelierSaveRGBA", {"filename_prefix": "PixArt-rgba-img2img"}, {"rgba": (7, 2)}),
+        Node(10, "PreviewImage", {}, {"images": (7, 3)}),
+    ]
+    return {"pixart_sigma_transparent_sticker": sticker, "pixart_rgba_img2img": rgba_img2img}
+
+
 def graphs() -> dict[str, list[Node]]:
     dpm = {"name": "dpmpp_2m", "steps": 20, "cfg": 4.5}
     img2img = [
@@ -262,6 +305,7 @@ def graphs() -> dict[str, list[Node]]:
             {"name": "lcm", "steps": 4, "cfg": 1.0}, "a bowl of ramen, studio photo, steam rising", resolution=False),
         "pixart_sigma_image_to_image": img2img,
         "pixart_delta_controlnet_hed": controlnet_hed,
+        **_transparent_graphs(),
     }
 
 

@@ -8,6 +8,8 @@ Layout of OUT:
                     official-combined.pth (base model + branch), official.pth, official.safetensors,
                     diffusers/ (folder), diffusers.safetensors
     hed/            ControlNetHED.pth: the full-size HED edge network with random fp16 weights
+    transparent_vae/ LayerDiffuse transparent decoders (narrow UNet1024) and offset encoders under the six
+                    released names (`transparent_vae.py`)
     pipelines/      diffusers pipeline roots (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
                     scheduler/): alpha-1024-ms, sigma-1024, sigma-256 (binning at 256) and lcm (PixArt-δ)
     comfyui/models/ a ComfyUI models folder with the file names the example workflows in `workflows/` use
@@ -23,10 +25,12 @@ from pathlib import Path
 
 import torch
 
+from ..rgba.transparent_load import RELEASED_FILES
 from .controlnet import write_random_hed, write_tiny_controlnets
 from .files import write_json
 from .t5 import TOKENIZER_FOLDER_FILES, write_tiny_t5
 from .transformers import tiny_transformer_config, write_tiny_transformers
+from .transparent_vae import write_tiny_transparent_vaes
 from .vae import write_tiny_vaes
 
 SCHEDULER_CONFIGS = {
@@ -49,6 +53,8 @@ _PIPELINES = {
     "lcm": ("alpha-1024-ms-diffusers", "sd_diffusers", "PixArtAlphaPipeline", "LCMScheduler"),
 }
 
+# LayerDiffuse's released transparent VAE file names (models/layer_model, as ComfyUI-layerdiffuse keeps them)
+TRANSPARENT_VAE_FILES = tuple(sorted(RELEASED_FILES.values()))
 # ComfyUI models folder: file names of the example workflows -> (group, tiny name)
 _COMFY_FILES = {
     "diffusion_models/PixArt-Sigma-XL-2-1024-MS.pth": ("transformers", "sigma-1024.pth"),
@@ -61,6 +67,7 @@ _COMFY_FILES = {
     "vae/sdxl_vae.safetensors": ("vae", "sdxl_ldm_safetensors"),
     "controlnet/PixArt-XL-2-1024-ControlNet.pth": ("controlnets", "official-combined.pth"),
     "annotators/ControlNetHED.pth": ("hed", "ControlNetHED.pth"),
+    **{f"layer_model/{name}": ("transparent_vae", name) for name in TRANSPARENT_VAE_FILES},
 }
 CONTROLNET_BASE = "alpha-1024-ms"  # the PixArt-δ ControlNet release is built on α-1024-MS
 
@@ -111,6 +118,7 @@ def write_tiny_suite(out_dir: Path | str, tokenizer_dir: Path | None = None, see
     }
     groups["controlnets"] = _write_controlnets(out / "controlnets", groups["transformers"], seed)
     groups["hed"] = {"ControlNetHED.pth": write_random_hed(out / "hed" / "ControlNetHED.pth", seed=seed)}
+    groups["transparent_vae"] = write_tiny_transparent_vaes(out / "transparent_vae", seed=seed)
     written = {f"{group}/{name}": path for group, items in groups.items() for name, path in items.items()}
     if tokenizer_dir is not None:
         for name, (transformer, vae, pipeline, scheduler) in _PIPELINES.items():
