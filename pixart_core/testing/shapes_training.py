@@ -1,0 +1,326 @@
+"""Training the shapes world: a small KL VAE, a PixArt-Σ-layout DiT and a PixArt-δ ControlNet, on the CPU.
+
+Every model is the project's own module (`AutoencoderKL`, `PixArtTransformer`, `PixArtControlNet`), so what is
+trained here is written in the released layouts and loaded by the ordinary loaders. The text encoder is the
+tiny random T5 with the real T5 tokenizer, frozen: it gives every word its own vector, which is all the DiT
+needs to learn the world's words. Determinism: one seed drives data, initialisation and noise; torch runs
+single-process with a fixed thread count (results can still differ across CPUs by float rounding).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .ddpm_loss import DDPMSchedule, learned_sigma_loss
+from .shapes_data import edge_map, held_out_seeds, make_scene
+from .t5 import TINY_T5_CONFIG, tiny_t5_state_dict
+from .transformers import TINY_HEAD_DIM
+from ..controlnet.model import PixArtControlNet
+from ..pixart.config import PRESETS, PixArtConfig
+from ..pixart.model import PixArtTransformer
+from ..t5.model import T5Encoder
+from ..vae.config import VAEConfig
+from ..vae.model import AutoencoderKL
+
+log = logging.getLogger(__name__)
+
+VAE_WIDTHS, VAE_GROUPS = (16, 32, 32, 64), 8  # narrow full-resolution levels keep CPU training in minutes
+CAPTION_TOKENS = 48
+EPS_MAX_WEIGHT = 10.0  # ε loss weight min(1/ᾱ_t, 10) (ddpm_loss.learned_sigma_loss); plain ε-MSE learned no layout  # longest world prompt is ~36 T5 tokens; padding is masked, so any length gives the same result
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Sizes, steps and rates of one training run (the defaults are the committed fixture's)."""
+
+    seed: int = 0
+    size: int = 128
+    scenes: int = 10000  # training scenes (seeds 0..scenes-1); held-out scenes come from another range
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    vae_crop: int = 64  # random crops (multiples of 8, so latents stay aligned); the network is convolutional
+    vae_lr: float = 1e-3
+    vae_shape_weight: float = 8.0  # extra loss weight near shapes and edges (they are a few % of the pixels)
+    vae_kl_weight: float = 1e-6
+    edge_fraction: float = 0.25  # share of edge maps in the VAE's batches (the ControlNet's inputs)
+    depth: int = 6
+    heads: int = 2
+    dit_steps: int = 3500
+    dit_batch: int = 32
+    dit_lr: float = 6e-4
+    warmup: int = 100
+    ema_decay: float = 0.998
+    caption_drop: float = 0.1  # empty-prompt rows, for classifier-free guidance with negative prompt ""
+    control_blocks: int = 3
+    control_steps: int = 700
+    control_batch: int = 32
+    control_lr: float = 3e-4
+    control_caption_drop: float = 0.3
+
+    def quick(self) -> "TrainPlan":
+        """A few steps of everything (what the test runs)."""
+        return replace(self, scenes=48, vae_steps=3, vae_batch=4, vae_crop=32, dit_steps=3, dit_batch=8, warmup=1,
+                       control_steps=2, control_batch=4, depth=2, control_blocks=1)
+
+
+def dit_config(plan: TrainPlan) -> PixArtConfig:
+    """A PixArt-Σ-layout DiT for `plan.size` images: 72-wide heads, patch 2, learned σ, T5 caption width."""
+    return PRESETS["sigma-256"].with_(
+        hidden_size=plan.heads * TINY_HEAD_DIM, num_heads=plan.heads, depth=plan.depth,
+        caption_channels=TINY_T5_CONFIG.d_model, sample_size=plan.size // 8, pe_interpolation=0.5,
+        has_null_caption=False)
+
+
+def vae_config(scaling_factor: float | None = None) -> VAEConfig:
+    """SD-layout KL VAE: 4 latent channels, 8x down, the tiny widths."""
+    return VAEConfig(block_out_channels=VAE_WIDTHS, layers_per_block=1, latent_channels=4,
+                     norm_num_groups=VAE_GROUPS, scaling_factor=scaling_factor, force_upcast=False)
+
+
+def frozen_t5(seed: int) -> T5Encoder:
+    t5 = T5Encoder(TINY_T5_CONFIG)
+    t5.load_state_dict(tiny_t5_state_dict(TINY_T5_CONFIG, seed=seed))
+    return t5.eval().requires_grad_(False)
+
+
+def to_unit(images: np.ndarray) -> Tensor:
+    """uint8 [N, S, S, 3] -> float [N, 3, S, S] in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # [N, 3, S, S]
+
+
+def render_dataset(plan: TrainPlan) -> dict:
+    """Images, edge maps and prompts of the training scenes (seeds 0..plan.scenes-1)."""
+    images, edges, shapes, prompts = [], [], [], []
+    for seed in range(plan.scenes):
+        scene = make_scene(seed, plan.size)
+        images.append(scene.image)
+        edges.append(edge_map(scene))
+        shapes.append((scene.masks.max(axis=0) * 255).astype(np.uint8))  # [S, S] any shape's coverage
+        prompts.append(scene.prompt)
+    return {"images": np.stack(images), "edges": np.stack(edges), "shapes": np.stack(shapes), "prompts": prompts}
+
+
+def _lr_at(step: int, plan_lr: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return plan_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return plan_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _progress(phase: str, step: int, total: int, loss: float, started: float) -> None:
+    if step == total - 1 or step % max(1, total // 20) == 0:
+        log.info("%s step %d/%d loss %.4f (%.0f s)", phase, step + 1, total, loss, time.perf_counter() - started)
+
+
+def train_vae(plan: TrainPlan, data: dict, generator: torch.Generator) -> AutoencoderKL:
+    """Reconstruction (L1 + MSE, weighted up near shapes and edges) with a light KL on the posterior, on random
+    crops of scenes and edge maps."""
+    vae = AutoencoderKL(vae_config())
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, weight_decay=0.0)
+    images, edges = data["images"], data["edges"]  # uint8 [N, S, S, 3] each, converted per batch
+    started = time.perf_counter()
+    for step in range(plan.vae_steps):
+        index = torch.randint(0, images.shape[0], (plan.vae_batch,), generator=generator)  # [b]
+        use_edge = torch.rand(plan.vae_batch, generator=generator) < plan.edge_fraction  # [b]
+        rows, edge_rows = index.numpy(), use_edge.numpy()
+        batch = to_unit(np.where(edge_rows[:, None, None, None], edges[rows], images[rows]))  # [b, 3, S, S]
+        near = np.where(edge_rows[:, None, None], edges[rows][..., 0], data["shapes"][rows])  # [b, S, S]
+        near = F.max_pool2d(torch.from_numpy(near).float()[:, None] / 255.0, 5, 1, 2)  # [b, 1, S, S] dilated
+        weight = 1.0 + plan.vae_shape_weight * near  # [b, 1, S, S]
+        top, left = (int(v) * 8 for v in torch.randint(0, (plan.size - plan.vae_crop) // 8 + 1, (2,),
+                                                        generator=generator))
+        batch = batch[:, :, top:top + plan.vae_crop, left:left + plan.vae_crop]  # [b, 3, c, c]
+        weight = weight[:, :, top:top + plan.vae_crop, left:left + plan.vae_crop]  # [b, 1, c, c]
+        moments = vae._moments(batch)  # [b, 8, h, w]
+        mean, logvar = moments.chunk(2, dim=1)  # [b, 4, h, w]
+        logvar = logvar.clamp(-30.0, 20.0)
+        noise = torch.randn(mean.shape, generator=generator)  # [b, 4, h, w]
+        latent = mean + torch.exp(0.5 * logvar) * noise  # [b, 4, h, w]
+        recon = vae._decode(latent)  # [b, 3, S, S]
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean()
+        error = (recon - batch).abs() + (recon - batch).pow(2)  # [b, 3, c, c] L1 + MSE
+        loss = (error * weight).mean() / weight.mean() + plan.vae_kl_weight * kl
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, plan.vae_lr, plan.warmup, plan.vae_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _progress("vae", step, plan.vae_steps, loss.item(), started)
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch: int = 64) -> Tensor:
+    """Posterior means [N, 4, S/8, S/8] (unscaled) of uint8 images."""
+    out = [vae.encode(to_unit(images[i:i + batch])) for i in range(0, len(images), batch)]
+    return torch.cat(out)  # [N, 4, h, w]
+
+
+@torch.no_grad()
+def encode_captions(t5: T5Encoder, tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    """T5 features [N, CAPTION_TOKENS, C] and masks [N, CAPTION_TOKENS] of prompts (lower-cased as pipelines do)."""
+    ids, mask = tokenizer([p.lower().strip() for p in prompts], max_length=CAPTION_TOKENS)  # [N, L] each
+    feats = torch.cat([t5(ids[i:i + 256], mask[i:i + 256]) for i in range(0, len(prompts), 256)])  # [N, L, C]
+    return feats * mask[..., None], mask
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (warm-started: decay min(d, (1+n)/(10+n)))."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.shadow = copy.deepcopy(module).requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema, live in zip(self.shadow.parameters(), module.parameters()):
+            ema.lerp_(live.detach(), 1.0 - decay)
+
+
+def _diffusion_step(model: PixArtTransformer, schedule: DDPMSchedule, x0: Tensor, context: Tensor, mask: Tensor,
+                    generator: torch.Generator, controls=None) -> Tensor:
+    t = torch.randint(0, schedule.steps, (x0.shape[0],), generator=generator)  # [b]
+    noise = torch.randn(x0.shape, generator=generator)  # [b, 4, h, w]
+    xt = schedule.add_noise(x0, noise, t)  # [b, 4, h, w]
+    output = model(xt, t.float(), context, mask, controls=controls)  # [b, 8, h, w]
+    mse, vb = learned_sigma_loss(output, x0, xt, noise, t, schedule, max_weight=EPS_MAX_WEIGHT)
+    return mse + vb
+
+
+def _drop_captions(context: Tensor, mask: Tensor, empty: tuple[Tensor, Tensor], rate: float,
+                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    drop = torch.rand(context.shape[0], generator=generator) < rate  # [b]
+    context = torch.where(drop[:, None, None], empty[0], context)  # [b, L, C]
+    mask = torch.where(drop[:, None], empty[1], mask)  # [b, L]
+    return context, mask
+
+
+def train_dit(plan: TrainPlan, latents: Tensor, captions: tuple[Tensor, Tensor], empty: tuple[Tensor, Tensor],
+              generator: torch.Generator, snapshot: Callable[[int, PixArtTransformer], None] | None = None
+              ) -> PixArtTransformer:
+    """The DDPM ε + variational-bound objective on scaled latents; returns the EMA weights."""
+    model = PixArtTransformer(dit_config(plan)).train()
+    _init_dit(model)
+    ema = EMA(model, plan.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.dit_lr, weight_decay=0.0)
+    schedule = DDPMSchedule()
+    started = time.perf_counter()
+    for step in range(plan.dit_steps):
+        index = torch.randint(0, latents.shape[0], (plan.dit_batch,), generator=generator)  # [b]
+        context, mask = _drop_captions(captions[0][index], captions[1][index], empty, plan.caption_drop, generator)
+        loss = _diffusion_step(model, schedule, latents[index], context, mask, generator)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, plan.dit_lr, plan.warmup, plan.dit_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        ema.update(model)
+        _progress("dit", step, plan.dit_steps, loss.item(), started)
+        if snapshot is not None and (step + 1) % 500 == 0:
+            snapshot(step + 1, ema.shadow)
+    return ema.shadow.eval()
+
+
+@torch.no_grad()
+def _init_dit(model: PixArtTransformer) -> None:
+    """DiT's initialisation (arXiv:2212.09748 §3.2): Xavier linears, adaLN-Zero gates and the output at zero."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    torch.nn.init.normal_(model.t_block[1].weight, std=0.02)
+    width = model.config.hidden_size
+    for block in model.blocks:
+        torch.nn.init.zeros_(block.cross_attn.proj.weight)
+        block.scale_shift_table.copy_(torch.randn(block.scale_shift_table.shape) / width ** 0.5)
+    model.final_layer.scale_shift_table.copy_(torch.randn(model.final_layer.scale_shift_table.shape) / width ** 0.5)
+    torch.nn.init.zeros_(model.final_layer.linear.weight)
+
+
+def train_controlnet(plan: TrainPlan, model: PixArtTransformer, latents: Tensor, control_latents: Tensor,
+                     captions: tuple[Tensor, Tensor], empty: tuple[Tensor, Tensor],
+                     generator: torch.Generator) -> PixArtControlNet:
+    """A PixArt-δ branch on the frozen DiT (copies of its first blocks, zero projections) on edge-map latents."""
+    model = model.requires_grad_(False)
+    net = PixArtControlNet.from_transformer(model, num_blocks=plan.control_blocks).train()
+    ema = EMA(net, plan.ema_decay)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=plan.control_lr, weight_decay=0.0)
+    schedule = DDPMSchedule()
+    started = time.perf_counter()
+    for step in range(plan.control_steps):
+        index = torch.randint(0, latents.shape[0], (plan.control_batch,), generator=generator)  # [b]
+        context, mask = _drop_captions(captions[0][index], captions[1][index], empty, plan.control_caption_drop,
+                                       generator)
+        controls = [(net, control_latents[index], 1.0)]
+        loss = _diffusion_step(model, schedule, latents[index], context, mask, generator, controls=controls)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, plan.control_lr, min(plan.warmup, plan.control_steps), plan.control_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        ema.update(net)
+        _progress("controlnet", step, plan.control_steps, loss.item(), started)
+    return ema.shadow.eval()
+
+
+def scaling_factor_of(latents: Tensor) -> float:
+    """1 / std of the unscaled latents, as SD's 0.18215 was chosen (arXiv:2112.10752 §4.3.2 / Appendix G)."""
+    return float(1.0 / latents.float().std())
+
+
+def run(plan: TrainPlan, tokenizer, on_phase: Callable[[str, float], None] | None = None,
+        vae: AutoencoderKL | None = None, snapshot=None) -> dict:
+    """Train everything; returns {"vae", "scaling_factor", "t5", "dit", "controlnet", "seconds"}. A `vae` given
+    (the same plan's, from an earlier run) skips the VAE phase; `snapshot(step, ema_dit)` sees the DiT every
+    500 steps."""
+    torch.manual_seed(plan.seed)
+    generator = torch.Generator().manual_seed(plan.seed)
+    timings: dict[str, float] = {}
+
+    def phase(name: str, started: float) -> None:
+        timings[name] = time.perf_counter() - started
+        if on_phase is not None:
+            on_phase(name, timings[name])
+
+    started = time.perf_counter()
+    data = render_dataset(plan)
+    phase("data", started)
+    started = time.perf_counter()
+    if vae is None:
+        vae = train_vae(plan, data, generator)
+    phase("vae", started)
+    held_out = np.stack([make_scene(seed, plan.size).image for seed in held_out_seeds(32)])
+    recon = vae.decode(vae.encode(to_unit(held_out)))  # [32, 3, S, S]
+    log.info("vae: held-out reconstruction L1 %.4f (images in -1..1)", float((recon - to_unit(held_out)).abs().mean()))
+    started = time.perf_counter()
+    raw = encode_latents(vae, data["images"])  # [N, 4, h, w]
+    scale = scaling_factor_of(raw)
+    latents = raw * scale
+    control_latents = encode_latents(vae, data["edges"]) * scale  # [N, 4, h, w]
+    t5 = frozen_t5(plan.seed)
+    captions = encode_captions(t5, tokenizer, data["prompts"])
+    empty = tuple(x[0] for x in encode_captions(t5, tokenizer, [""]))
+    phase("encode", started)
+    started = time.perf_counter()
+    dit = train_dit(plan, latents, captions, empty, generator, snapshot)
+    phase("dit", started)
+    started = time.perf_counter()
+    controlnet = train_controlnet(plan, dit, latents, control_latents, captions, empty, generator)
+    phase("controlnet", started)
+    return {"vae": vae, "scaling_factor": scale, "t5": t5, "dit": dit, "controlnet": controlnet,
+            "seconds": timings}

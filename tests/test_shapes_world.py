@@ -1,0 +1,136 @@
+"""The shapes world: the training script still trains, and the committed trained fixture behaves.
+
+The figures (issue #8) are asserted on the committed fixture over held-out scenes, with the thresholds the
+README of tests/fixtures/shapes_world states: placement and background (text to image), the attention of a
+shape's words over that shape, and a ControlNet that makes the picture follow a layout's edges.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pixart_core.controlnet.load import load_controlnet
+from pixart_core.pipeline import PixArtPipeline
+from pixart_core.testing import shapes_world as world
+from pixart_core.testing import shapes_world_eval as evaluate
+from pixart_core.testing.ddpm_loss import DDPMSchedule, learned_sigma_loss
+from pixart_core.testing.shapes_data import ShapeSpec, render
+from pixart_core.testing.shapes_judge import colour_mask, judge_scene, mask_iou
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+FIXTURE_MISSING = ("the trained shapes world is not committed yet (issue #8: the figures are not reached); "
+                   "train it with tools/train_shapes_world.py --out tests/fixtures/shapes_world")
+
+
+@pytest.fixture(scope="module")
+def world_dir():
+    if not (world.FIXTURE_DIR / "model_index.json").is_file():
+        pytest.skip(FIXTURE_MISSING)
+    return world.FIXTURE_DIR
+
+
+@pytest.fixture(scope="module")
+def pipe(world_dir):
+    return world.load_pipeline()
+
+
+def test_ddpm_tables_equal_diffusers_and_the_bound_is_zero_for_an_exact_model():
+    diffusers = pytest.importorskip("diffusers")
+    schedule = DDPMSchedule()
+    reference = diffusers.DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    torch.testing.assert_close(schedule.alphas_cumprod.float(), reference.alphas_cumprod, rtol=1e-5, atol=1e-7)
+    x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([0, 400, 999])
+    xt = schedule.add_noise(x0, noise, t)
+    exact = torch.cat([noise, -torch.ones_like(noise)], dim=1)  # ε exact, variance = the posterior's β̃
+    mse, vb = learned_sigma_loss(exact, x0, xt, noise, t, schedule, max_weight=10.0)
+    assert float(mse) == 0.0 and abs(float(vb)) < 1e-6
+    off = torch.cat([noise + 0.1, torch.zeros_like(noise)], dim=1)
+    mse, vb = learned_sigma_loss(off, x0, xt, noise, t, schedule, max_weight=10.0)
+    assert float(mse) > 0.01 and float(vb) > 0.0
+
+
+def test_training_script_writes_a_loadable_pipeline_folder(tmp_path, t5_tokenizer_dir):
+    out = tmp_path / "world"
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "train_shapes_world.py"), "--out", str(out),
+                             "--quick", "--tokenizer", str(t5_tokenizer_dir)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]  # no staging folder left behind
+    pipe = PixArtPipeline.from_pretrained(out)
+    assert pipe.transformer.config.family == "sigma" and pipe.transformer.config.learned_sigma
+    assert pipe.vae_scale_factor != pytest.approx(0.13025)  # the measured 1/std of the trained VAE's latents
+    controlnet = load_controlnet(out / "controlnet")
+    image = world.generate(pipe, "a red circle on the left, on a grey background", steps=2,
+                           controlnet=controlnet, control_image=torch.zeros(1, 3, 128, 128))
+    assert image.shape == (1, 128, 128, 3)
+
+
+def test_training_script_refuses_a_missing_tokenizer_folder(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "train_shapes_world.py"), "--out",
+                             str(tmp_path / "w"), "--quick", "--tokenizer", str(tmp_path / "nowhere")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--tokenizer" in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_fixture_is_a_pipeline_folder_the_loaders_read_as_it_is(pipe):
+    assert pipe.transformer.config.family == "sigma"
+    assert pipe.transformer.config.sample_size * 8 == world.SIZE
+    net = world.load_world_controlnet()
+    assert net.num_blocks >= 1 and net.hidden_size == pipe.transformer.config.hidden_size
+
+
+def test_cli_generates_from_the_fixture_folder(tmp_path, world_dir):
+    out = tmp_path / "shape.png"
+    result = subprocess.run([sys.executable, "-m", "pixart_core", "generate", "--model", str(world.FIXTURE_DIR),
+                             "--prompt", "a yellow square in the centre, on a black background", "--height", "128",
+                             "--width", "128", "--no-binning", "--steps", "20", "--out", str(out), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from PIL import Image
+
+    image = np.asarray(Image.open(out).convert("RGB"))
+    asked = render("black", [ShapeSpec("square", "yellow", "centre", 64.0, 64.0, 15.0)])
+    verdict = judge_scene(image, asked)
+    assert verdict["background_ok"] and verdict["all_found"], verdict
+
+
+def test_text_to_image_places_named_shapes_and_backgrounds(pipe):
+    figures = evaluate.text_to_image_figures(pipe, count=50)
+    assert figures["prompts"] >= 0.8, figures
+    assert figures["backgrounds"] >= 0.9, figures
+
+
+def test_attention_of_a_shapes_words_overlaps_that_shape(pipe):
+    figures = evaluate.attention_figures(pipe, count=30)
+    assert figures["shapes"] >= 30 and figures["iou"] >= 0.5, figures
+
+
+def test_controlnet_makes_the_picture_follow_the_layout_edges(pipe):
+    figures = evaluate.controlnet_figures(pipe, world.load_world_controlnet(), count=30)
+    assert figures["iou"] >= 0.7, figures
+
+
+def test_controlnet_changes_the_picture_toward_the_layout(pipe):
+    """Without the edges the same prompts match the layouts' exact masks worse (the branch does the work)."""
+    scenes = world.held_out_scenes(10)
+    images = world.generate(pipe, [s.prompt for s in scenes], seed=0)
+    plain = np.mean([mask_iou(colour_mask(img, spec.colour), truth >= 0.5)
+                     for img, s in zip(images, scenes) for spec, truth in zip(s.shapes, s.masks)])
+    controlled = evaluate.controlnet_figures(pipe, world.load_world_controlnet(), count=10)["iou"]
+    assert controlled > plain + 0.1, (plain, controlled)
+
+
+def test_transparent_generation_cuts_out_the_drawn_shape(pipe):
+    """Issue #9 item 9: Alfie-style generation on held-out single shapes; alpha against the colour mask."""
+    figures = evaluate.transparency_figures(pipe, count=30)
+    assert figures["iou"] >= 0.85 and figures["mae"] <= 0.06, figures
