@@ -38,12 +38,15 @@ def krita_export(path: Path, suffix: str) -> Path:
     out = path.with_name(path.stem + f"_{path.suffix[1:]}_krita{suffix}")
     env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "xcb"),
                XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", str(path.parent)))
-    try:
-        result = subprocess.run(["xvfb-run", "-a", "krita", str(path), "--export", "--export-filename", str(out)],
-                                capture_output=True, text=True, timeout=KRITA_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"Krita did not finish exporting {path.name} within {KRITA_TIMEOUT_S} s "
-                    f"(set PIXART_KRITA_TIMEOUT to wait longer)")
+    for attempt in range(2):  # Krita 5.1 under heavy CPU load sometimes aborts at start-up (rc 134, Qt threads)
+        try:
+            result = subprocess.run(["xvfb-run", "-a", "krita", str(path), "--export", "--export-filename", str(out)],
+                                    capture_output=True, text=True, timeout=KRITA_TIMEOUT_S, env=env)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"Krita did not finish exporting {path.name} within {KRITA_TIMEOUT_S} s "
+                        f"(set PIXART_KRITA_TIMEOUT to wait longer)")
+        if out.exists() or result.returncode != 134:
+            break
     assert out.exists(), f"Krita wrote no export (rc {result.returncode}): {result.stderr[-2000:]}"
     return out
 
