@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pixart_core.layers import atomic_io
 from pixart_core.rgba import rgba_io
 from pixart_core.rgba.rgba_io import checkerboard, rgba_from, save_rgba_png, to_uint8
 
@@ -50,7 +51,7 @@ def test_overwrite_is_atomic_and_failures_leave_the_old_file(tmp_path, monkeypat
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rgba_io.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic_io.os, "replace", broken_replace)  # the shared atomic writer
     with pytest.raises(OSError, match="out.png: could not write the PNG .*No space left"):
         save_rgba_png(path, _rgba(seed=2))
     assert path.read_bytes() == before

@@ -7,8 +7,6 @@ the workflow travels in PNG tEXt chunks ("prompt", "workflow": JSON strings), an
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +49,8 @@ def save_rgba_png(path: str | Path, rgba, text: dict[str, str] | None = None) ->
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
+    from ..layers.atomic_io import write_file_atomic
+
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"path {path}: RGBA images are saved as PNG; end the file name in .png")
@@ -62,19 +62,8 @@ def save_rgba_png(path: str | Path, rgba, text: dict[str, str] | None = None) ->
                              f"{type(value).__name__} (json.dumps objects first)")
         info.add_text(key, value)
     image = Image.fromarray(pixels)  # uint8 [H, W, 4] -> mode RGBA
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as open()
-        with os.fdopen(descriptor, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except OSError as err:
-        raise OSError(f"path {path}: could not write the PNG ({err.strerror or err}); nothing written") from err
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
+    return write_file_atomic(path, lambda handle: image.save(handle, format="PNG", pnginfo=info,
+                                                             compress_level=PNG_COMPRESS_LEVEL), "PNG")
 
 
 def checkerboard(rgba: torch.Tensor, cell: int = CHECKER_CELL) -> torch.Tensor:
