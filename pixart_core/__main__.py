@@ -191,18 +191,12 @@ def _write_images(images, args) -> None:
     targets = _out_targets(args)
     image_format = IMAGE_FORMATS[Path(args.out).suffix.lower()]
     targets[0].parent.mkdir(parents=True, exist_ok=True)
-    temps = [target.with_name(f".{target.name}.tmp") for target in targets]
-    try:
-        for image, tmp in zip(images, temps):
-            image.save(tmp, format=image_format)
-        for image, tmp, target in zip(images, temps, targets):
-            tmp.replace(target)
-            log.info("wrote %s (%dx%d)", target, image.width, image.height)
-    except OSError as err:
-        raise OSError(f"--out {args.out}: could not write the image ({err.strerror or err}); nothing written") from None
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
+    from .layers.atomic_io import write_files_atomic
+
+    write_files_atomic(targets, lambda index, temp: images[index].save(temp, format=image_format),
+                       f"--out {args.out}")
+    for image, target in zip(images, targets):
+        log.info("wrote %s (%dx%d)", target, image.width, image.height)
 
 
 def _utf8_text(text: str, flag: str) -> str:

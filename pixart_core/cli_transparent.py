@@ -38,6 +38,7 @@ def generate_files(pipe, args, targets: list[Path]) -> int:
     target first, then all moved in place, so a failure leaves no target touched."""
     from tqdm import tqdm
 
+    from .layers.atomic_io import write_files_atomic
     from .rgba.rgba_io import save_rgba_png
 
     bar = tqdm(total=1, desc="sampling", unit="step", disable=None)
@@ -52,17 +53,9 @@ def generate_files(pipe, args, targets: list[Path]) -> int:
         num_images_per_prompt=len(targets), use_resolution_binning=not args.no_binning, callback=on_step)
     bar.close()
     targets[0].parent.mkdir(parents=True, exist_ok=True)
-    temps = [target.with_name(f".{target.stem}.partial.png") for target in targets]
     text = {METADATA_KEY: _settings(args)}
-    try:
-        for index, temp in enumerate(temps):
-            save_rgba_png(temp, result.rgba[index:index + 1], text)  # [1, 4, H, W]
-        for temp, target in zip(temps, targets):
-            temp.replace(target)
-            log.info("wrote %s (%dx%d RGBA)", target, args.width, args.height)
-    except OSError as err:
-        raise OSError(f"--out {args.out}: could not write the image ({err.strerror or err}); nothing written") from None
-    finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
+    write_files_atomic(targets, lambda index, temp: save_rgba_png(temp, result.rgba[index:index + 1], text),
+                       f"--out {args.out}")  # result.rgba[index:index + 1]: [1, 4, H, W]
+    for target in targets:
+        log.info("wrote %s (%dx%d RGBA)", target, args.width, args.height)
     return 0

@@ -70,3 +70,21 @@ def write_folder_atomic(path: str | Path, fill: Callable[[Path], None], may_repl
         if moved_old:
             shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def write_files_atomic(targets: list[Path], save: Callable[[int, Path], None], argument: str) -> None:
+    """`save(index, temp)` each target into a hidden temporary file beside it, then move them all in place.
+
+    On any failure (Ctrl-C included) every temporary file is removed and no target is replaced; an OSError
+    names `argument` (e.g. "--out x.png")."""
+    temps = [target.with_name(f".{target.stem}.partial{target.suffix}") for target in targets]
+    try:
+        for index, temp in enumerate(temps):
+            save(index, temp)
+        for temp, target in zip(temps, targets):
+            temp.replace(target)
+    except OSError as err:
+        raise OSError(f"{argument}: could not write the image ({err.strerror or err}); nothing written") from None
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)

@@ -207,31 +207,42 @@ def _drop_captions(context: Tensor, mask: Tensor, empty: tuple[Tensor, Tensor], 
     return context, mask
 
 
+def _optimise(phase: str, module: torch.nn.Module, steps: int, lr: float, warmup: int, ema_decay: float,
+              loss_at: Callable[[int], Tensor], snapshot: Callable[[int, torch.nn.Module], None] | None = None
+              ) -> torch.nn.Module:
+    """AdamW with warm-up and cosine decay, gradient clipping at 1 and an EMA; returns the EMA copy."""
+    ema = EMA(module, ema_decay)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
+    started = time.perf_counter()
+    for step in range(steps):
+        loss = loss_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, lr, warmup, steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        ema.update(module)
+        _progress(phase, step, steps, loss.item(), started)
+        if snapshot is not None and (step + 1) % 500 == 0:
+            snapshot(step + 1, ema.shadow)
+    return ema.shadow.eval()
+
+
 def train_dit(plan: TrainPlan, latents: Tensor, captions: tuple[Tensor, Tensor], empty: tuple[Tensor, Tensor],
               generator: torch.Generator, snapshot: Callable[[int, PixArtTransformer], None] | None = None
               ) -> PixArtTransformer:
     """The DDPM ε + variational-bound objective on scaled latents; returns the EMA weights."""
     model = PixArtTransformer(dit_config(plan)).train()
     _init_dit(model)
-    ema = EMA(model, plan.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.dit_lr, weight_decay=0.0)
     schedule = DDPMSchedule()
-    started = time.perf_counter()
-    for step in range(plan.dit_steps):
+
+    def loss_at(step: int) -> Tensor:
         index = torch.randint(0, latents.shape[0], (plan.dit_batch,), generator=generator)  # [b]
         context, mask = _drop_captions(captions[0][index], captions[1][index], empty, plan.caption_drop, generator)
-        loss = _diffusion_step(model, schedule, latents[index], context, mask, generator)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, plan.dit_lr, plan.warmup, plan.dit_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        ema.update(model)
-        _progress("dit", step, plan.dit_steps, loss.item(), started)
-        if snapshot is not None and (step + 1) % 500 == 0:
-            snapshot(step + 1, ema.shadow)
-    return ema.shadow.eval()
+        return _diffusion_step(model, schedule, latents[index], context, mask, generator)
+
+    return _optimise("dit", model, plan.dit_steps, plan.dit_lr, plan.warmup, plan.ema_decay, loss_at, snapshot)
 
 
 @torch.no_grad()
@@ -257,25 +268,17 @@ def train_controlnet(plan: TrainPlan, model: PixArtTransformer, latents: Tensor,
     """A PixArt-δ branch on the frozen DiT (copies of its first blocks, zero projections) on edge-map latents."""
     model = model.requires_grad_(False)
     net = PixArtControlNet.from_transformer(model, num_blocks=plan.control_blocks).train()
-    ema = EMA(net, plan.ema_decay)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=plan.control_lr, weight_decay=0.0)
     schedule = DDPMSchedule()
-    started = time.perf_counter()
-    for step in range(plan.control_steps):
+
+    def loss_at(step: int) -> Tensor:
         index = torch.randint(0, latents.shape[0], (plan.control_batch,), generator=generator)  # [b]
         context, mask = _drop_captions(captions[0][index], captions[1][index], empty, plan.control_caption_drop,
                                        generator)
         controls = [(net, control_latents[index], 1.0)]
-        loss = _diffusion_step(model, schedule, latents[index], context, mask, generator, controls=controls)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, plan.control_lr, min(plan.warmup, plan.control_steps), plan.control_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        ema.update(net)
-        _progress("controlnet", step, plan.control_steps, loss.item(), started)
-    return ema.shadow.eval()
+        return _diffusion_step(model, schedule, latents[index], context, mask, generator, controls=controls)
+
+    return _optimise("controlnet", net, plan.control_steps, plan.control_lr, min(plan.warmup, plan.control_steps),
+                     plan.ema_decay, loss_at)
 
 
 def scaling_factor_of(latents: Tensor) -> float:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .shapes_data import PLACES, ShapeSpec, render
 from .shapes_judge import colour_mask, judge_scene, mask_iou
 from .shapes_world import (SIZE, control_tensor, generate, held_out_scenes, word_token_positions)
 
@@ -88,8 +89,6 @@ def controlnet_figures(pipe, controlnet, count: int = 30, batch: int = 10, seed:
 def transparency_scenes(count: int, size: int = SIZE) -> list:
     """Held-out single-shape scenes posed for transparency: the seed's shape and colour, in the centre, on white
     (the subject Alfie-style generation centres on a plain background)."""
-    from .shapes_data import PLACES, ShapeSpec, render
-
     scenes = []
     for scene in held_out_scenes(count * 2, single=True, size=size):
         spec = scene.shapes[0]
