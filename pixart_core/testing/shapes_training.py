@@ -2,8 +2,9 @@
 
 Every model is the project's own module (`AutoencoderKL`, `PixArtTransformer`, `PixArtControlNet`), so what is
 trained here is written in the released layouts and loaded by the ordinary loaders. The text encoder is the
-tiny random T5 with the real T5 tokenizer, frozen: it gives every word its own vector, which is all the DiT
-needs to learn the world's words. Determinism: one seed drives data, initialisation and noise; torch runs
+tiny T5 with the real T5 tokenizer, started from its seeded random weights and trained with the DiT
+(`TrainPlan.train_t5`): a frozen random T5 gives every word its own vector but leaves each word's vector blind to
+its neighbours, so "red" is not bound to "circle" or to "left" in a three-shape prompt. Determinism: one seed drives data, initialisation and noise; torch runs
 single-process with a fixed thread count (results can still differ across CPUs by float rounding).
 """
 
@@ -35,8 +36,7 @@ from ..vae.model import AutoencoderKL
 log = logging.getLogger(__name__)
 
 VAE_WIDTHS, VAE_GROUPS = (16, 32, 32, 64), 8  # narrow full-resolution levels keep CPU training in minutes
-CAPTION_TOKENS = 48
-EPS_MAX_WEIGHT = 10.0  # ε loss weight min(1/ᾱ_t, 10) (ddpm_loss.learned_sigma_loss); plain ε-MSE learned no layout  # longest world prompt is ~36 T5 tokens; padding is masked, so any length gives the same result
+CAPTION_TOKENS = 48  # longest world prompt is ~36 T5 tokens; padding is masked, so any length gives the same result
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class TrainPlan:
     warmup: int = 100
     ema_decay: float = 0.998
     caption_drop: float = 0.1  # empty-prompt rows, for classifier-free guidance with negative prompt ""
+    eps_max_weight: float = 10.0  # ε loss weight min(1/ᾱ_t, this) (ddpm_loss.learned_sigma_loss)
+    train_t5: bool = True  # train the tiny T5 with the DiT: a frozen random T5 leaves "red" unbound to "left"
     control_blocks: int = 3
     control_steps: int = 700
     control_batch: int = 32
@@ -87,7 +89,8 @@ def vae_config(scaling_factor: float | None = None) -> VAEConfig:
                      norm_num_groups=VAE_GROUPS, scaling_factor=scaling_factor, force_upcast=False)
 
 
-def frozen_t5(seed: int) -> T5Encoder:
+def random_t5(seed: int) -> T5Encoder:
+    """The tiny T5 with its seeded random weights (the test suite's), frozen until training asks otherwise."""
     t5 = T5Encoder(TINY_T5_CONFIG)
     t5.load_state_dict(tiny_t5_state_dict(TINY_T5_CONFIG, seed=seed))
     return t5.eval().requires_grad_(False)
@@ -166,12 +169,27 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch: int = 64) -> T
     return torch.cat(out)  # [N, 4, h, w]
 
 
-@torch.no_grad()
-def encode_captions(t5: T5Encoder, tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
-    """T5 features [N, CAPTION_TOKENS, C] and masks [N, CAPTION_TOKENS] of prompts (lower-cased as pipelines do)."""
-    ids, mask = tokenizer([p.lower().strip() for p in prompts], max_length=CAPTION_TOKENS)  # [N, L] each
-    feats = torch.cat([t5(ids[i:i + 256], mask[i:i + 256]) for i in range(0, len(prompts), 256)])  # [N, L, C]
-    return feats * mask[..., None], mask
+@dataclass
+class Captions:
+    """Token ids and masks [N, CAPTION_TOKENS] of the training prompts (lower-cased as pipelines do), and the
+    empty prompt's, for classifier-free guidance's dropped rows."""
+
+    ids: Tensor
+    mask: Tensor
+    empty_ids: Tensor
+    empty_mask: Tensor
+
+    @classmethod
+    def tokenize(cls, tokenizer, prompts: list[str]) -> "Captions":
+        ids, mask = tokenizer([p.lower().strip() for p in prompts], max_length=CAPTION_TOKENS)  # [N, L] each
+        empty_ids, empty_mask = tokenizer([""], max_length=CAPTION_TOKENS)  # [1, L] each
+        return cls(ids, mask, empty_ids[0], empty_mask[0])
+
+    def dropped(self, index: Tensor, rate: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Ids and masks [b, L] of rows `index`, each replaced by the empty prompt with probability `rate`."""
+        drop = torch.rand(index.shape[0], generator=generator) < rate  # [b]
+        ids = torch.where(drop[:, None], self.empty_ids, self.ids[index])  # [b, L]
+        return ids, torch.where(drop[:, None], self.empty_mask, self.mask[index])
 
 
 class EMA:
@@ -190,21 +208,13 @@ class EMA:
 
 
 def _diffusion_step(model: PixArtTransformer, schedule: DDPMSchedule, x0: Tensor, context: Tensor, mask: Tensor,
-                    generator: torch.Generator, controls=None) -> Tensor:
+                    generator: torch.Generator, max_weight: float, controls=None) -> Tensor:
     t = torch.randint(0, schedule.steps, (x0.shape[0],), generator=generator)  # [b]
     noise = torch.randn(x0.shape, generator=generator)  # [b, 4, h, w]
     xt = schedule.add_noise(x0, noise, t)  # [b, 4, h, w]
     output = model(xt, t.float(), context, mask, controls=controls)  # [b, 8, h, w]
-    mse, vb = learned_sigma_loss(output, x0, xt, noise, t, schedule, max_weight=EPS_MAX_WEIGHT)
+    mse, vb = learned_sigma_loss(output, x0, xt, noise, t, schedule, max_weight=max_weight)
     return mse + vb
-
-
-def _drop_captions(context: Tensor, mask: Tensor, empty: tuple[Tensor, Tensor], rate: float,
-                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    drop = torch.rand(context.shape[0], generator=generator) < rate  # [b]
-    context = torch.where(drop[:, None, None], empty[0], context)  # [b, L, C]
-    mask = torch.where(drop[:, None], empty[1], mask)  # [b, L]
-    return context, mask
 
 
 def _optimise(phase: str, module: torch.nn.Module, steps: int, lr: float, warmup: int, ema_decay: float,
@@ -229,20 +239,26 @@ def _optimise(phase: str, module: torch.nn.Module, steps: int, lr: float, warmup
     return ema.shadow.eval()
 
 
-def train_dit(plan: TrainPlan, latents: Tensor, captions: tuple[Tensor, Tensor], empty: tuple[Tensor, Tensor],
-              generator: torch.Generator, snapshot: Callable[[int, PixArtTransformer], None] | None = None
-              ) -> PixArtTransformer:
-    """The DDPM ε + variational-bound objective on scaled latents; returns the EMA weights."""
+def train_dit(plan: TrainPlan, latents: Tensor, captions: Captions, t5: T5Encoder, generator: torch.Generator,
+              snapshot: Callable[[int, PixArtTransformer], None] | None = None) -> tuple[PixArtTransformer, T5Encoder]:
+    """The DDPM ε + variational-bound objective on scaled latents, the T5 trained along when `plan.train_t5`;
+    returns the EMA weights of both."""
     model = PixArtTransformer(dit_config(plan)).train()
     _init_dit(model)
+    t5.requires_grad_(plan.train_t5)
+    pair = torch.nn.ModuleDict({"dit": model, "t5": t5})
     schedule = DDPMSchedule()
 
     def loss_at(step: int) -> Tensor:
         index = torch.randint(0, latents.shape[0], (plan.dit_batch,), generator=generator)  # [b]
-        context, mask = _drop_captions(captions[0][index], captions[1][index], empty, plan.caption_drop, generator)
-        return _diffusion_step(model, schedule, latents[index], context, mask, generator)
+        ids, mask = captions.dropped(index, plan.caption_drop, generator)  # [b, L] each
+        with torch.set_grad_enabled(plan.train_t5):
+            context = t5(ids, mask) * mask[..., None]  # [b, L, C]
+        return _diffusion_step(model, schedule, latents[index], context, mask, generator, plan.eps_max_weight)
 
-    return _optimise("dit", model, plan.dit_steps, plan.dit_lr, plan.warmup, plan.ema_decay, loss_at, snapshot)
+    pair_snapshot = None if snapshot is None else (lambda step, ema: snapshot(step, ema["dit"]))
+    trained = _optimise("dit", pair, plan.dit_steps, plan.dit_lr, plan.warmup, plan.ema_decay, loss_at, pair_snapshot)
+    return trained["dit"], trained["t5"].requires_grad_(False)
 
 
 @torch.no_grad()
@@ -263,8 +279,7 @@ def _init_dit(model: PixArtTransformer) -> None:
 
 
 def train_controlnet(plan: TrainPlan, model: PixArtTransformer, latents: Tensor, control_latents: Tensor,
-                     captions: tuple[Tensor, Tensor], empty: tuple[Tensor, Tensor],
-                     generator: torch.Generator) -> PixArtControlNet:
+                     captions: Captions, t5: T5Encoder, generator: torch.Generator) -> PixArtControlNet:
     """A PixArt-δ branch on the frozen DiT (copies of its first blocks, zero projections) on edge-map latents."""
     model = model.requires_grad_(False)
     net = PixArtControlNet.from_transformer(model, num_blocks=plan.control_blocks).train()
@@ -272,10 +287,12 @@ def train_controlnet(plan: TrainPlan, model: PixArtTransformer, latents: Tensor,
 
     def loss_at(step: int) -> Tensor:
         index = torch.randint(0, latents.shape[0], (plan.control_batch,), generator=generator)  # [b]
-        context, mask = _drop_captions(captions[0][index], captions[1][index], empty, plan.control_caption_drop,
-                                       generator)
+        ids, mask = captions.dropped(index, plan.control_caption_drop, generator)  # [b, L] each
+        with torch.no_grad():
+            context = t5(ids, mask) * mask[..., None]  # [b, L, C]
         controls = [(net, control_latents[index], 1.0)]
-        return _diffusion_step(model, schedule, latents[index], context, mask, generator, controls=controls)
+        return _diffusion_step(model, schedule, latents[index], context, mask, generator, plan.eps_max_weight,
+                               controls=controls)
 
     return _optimise("controlnet", net, plan.control_steps, plan.control_lr, min(plan.warmup, plan.control_steps),
                      plan.ema_decay, loss_at)
@@ -315,15 +332,14 @@ def run(plan: TrainPlan, tokenizer, on_phase: Callable[[str, float], None] | Non
     scale = scaling_factor_of(raw)
     latents = raw * scale
     control_latents = encode_latents(vae, data["edges"]) * scale  # [N, 4, h, w]
-    t5 = frozen_t5(plan.seed)
-    captions = encode_captions(t5, tokenizer, data["prompts"])
-    empty = tuple(x[0] for x in encode_captions(t5, tokenizer, [""]))
+    t5 = random_t5(plan.seed)
+    captions = Captions.tokenize(tokenizer, data["prompts"])
     phase("encode", started)
     started = time.perf_counter()
-    dit = train_dit(plan, latents, captions, empty, generator, snapshot)
+    dit, t5 = train_dit(plan, latents, captions, t5, generator, snapshot)
     phase("dit", started)
     started = time.perf_counter()
-    controlnet = train_controlnet(plan, dit, latents, control_latents, captions, empty, generator)
+    controlnet = train_controlnet(plan, dit, latents, control_latents, captions, t5, generator)
     phase("controlnet", started)
     return {"vae": vae, "scaling_factor": scale, "t5": t5, "dit": dit, "controlnet": controlnet,
             "seconds": timings}
