@@ -1,6 +1,9 @@
 """ComfyUI node classes (V1 API). Imported as `<pack>.nodes`, never as a top-level `nodes` module."""
 
 from .controlnet import AtelierApplyControlNet, AtelierControlNetLoader
+from .layer_files import AtelierLoadLayers, AtelierSaveLayers
+from .layer_nodes import AtelierGenerateLayers, AtelierLayerSelect, AtelierRegenerateLayer
+from .layout_node import AtelierLayout
 from .loaders import AtelierModelLoader, AtelierT5Loader, AtelierVAELoader
 from .preprocessors import AtelierCannyPreprocessor, AtelierHEDPreprocessor
 from .resolution import AtelierResolutionSelect
@@ -27,6 +30,12 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "AtelierTransparentDecode": AtelierTransparentDecode,
     "AtelierTransparentEncode": AtelierTransparentEncode,
     "AtelierSaveRGBA": AtelierSaveRGBA,
+    "AtelierLayout": AtelierLayout,
+    "AtelierGenerateLayers": AtelierGenerateLayers,
+    "AtelierRegenerateLayer": AtelierRegenerateLayer,
+    "AtelierLayerSelect": AtelierLayerSelect,
+    "AtelierSaveLayers": AtelierSaveLayers,
+    "AtelierLoadLayers": AtelierLoadLayers,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -46,4 +55,10 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "AtelierTransparentDecode": "PixArt Transparent Decode",
     "AtelierTransparentEncode": "PixArt Transparent Encode",
     "AtelierSaveRGBA": "PixArt Save RGBA",
+    "AtelierLayout": "PixArt Layout",
+    "AtelierGenerateLayers": "PixArt Generate Layers",
+    "AtelierRegenerateLayer": "PixArt Regenerate Layer",
+    "AtelierLayerSelect": "PixArt Layer Select",
+    "AtelierSaveLayers": "PixArt Save Layers",
+    "AtelierLoadLayers": "PixArt Load Layers",
 }

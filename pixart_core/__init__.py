@@ -34,6 +34,9 @@ _EXPORTS = {
     "LayerStack": ".layers",
     "Layout": ".layers",
     "parse_layout": ".layers",
+    "LayerBackend": ".layers",
+    "generate_layers": ".layers",
+    "regenerate_layer": ".layers",
 }
 
 __all__ = sorted(_EXPORTS)

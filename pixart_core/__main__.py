@@ -1,4 +1,4 @@
-"""Command line: `python -m pixart_core generate|make-tiny|info ...` (see `--help`)."""
+"""Command line: `python -m pixart_core generate|layers|make-tiny|info ...` (see `--help`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import cli_layers
 from .dtypes import DTYPES, default_dtype, dtype_from_name
 from .limits import check_sampled_size
 from .sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_STEPS, SAMPLERS, sampler_spec
@@ -355,17 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     _add_make_tiny(sub)
     _add_info(sub)
+    cli_layers.add_parser(sub, {"seed": _seed, "steps": _steps, "cfg": _cfg, "sampler": _sampler_name})
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from .errors import CheckpointError
 
     try:
-        return {"generate": _generate, "make-tiny": _make_tiny, "info": _info}[args.command](args)
+        return {"generate": _generate, "layers": cli_layers.run, "make-tiny": _make_tiny,
+                "info": _info}[args.command](args)
     except (CheckpointError, OSError, ValueError) as err:  # OSError covers FileNotFoundError, ConnectionError
         log.error("%s", err)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: generate writes only after sampling, through temporary files
-        log.error("interrupted; nothing written" if args.command == "generate" else "interrupted")
+        log.error("interrupted; nothing written" if args.command in ("generate", "layers") else "interrupted")
         return 130
 
 

@@ -243,6 +243,44 @@ class PixArtPipeline:
 
         return generate_transparent(self, prompt, **kwargs)
 
+    def layer_backend(self, on_progress: Callable | None = None, should_stop: Callable[[], bool] | None = None):
+        """This pipeline as the layer engine's `LayerBackend` (`pixart_core.layers.backend`)."""
+        from .layers.backend import LayerBackend
+
+        vae_param = next(self.vae.parameters())
+        return LayerBackend(
+            model=self.transformer, encode_text=lambda prompts: self.encode_prompt(list(prompts)),
+            tokenizer=self.tokenizer,
+            encode_image=lambda pixels: self.vae.encode(pixels.to(vae_param.device, vae_param.dtype)).float(),
+            decode_latent=lambda latent: self.vae.decode(latent.to(vae_param.device, vae_param.dtype)).float(),
+            scaling_factor=float(self.vae_scale_factor), max_length=int(self.max_sequence_length),
+            on_progress=on_progress, should_stop=should_stop)
+
+    def generate_layers(self, layout, seed: int = 0, num_inference_steps: int | None = None,
+                        guidance_scale: float | None = None, sampler: str | None = None, **backend_kwargs):
+        """A `LayerStack` from a region layout (`pixart_core.layers.engine.generate_layers`); None settings take
+        the pipeline's defaults. backend_kwargs: on_progress(phase, step, total), should_stop()."""
+        from .layers.engine import generate_layers
+
+        sampler = sampler or self.defaults["sampler"]
+        return generate_layers(self.layer_backend(**backend_kwargs), layout, seed=seed,
+                               steps=num_inference_steps or sampler_spec(sampler).default_steps,
+                               guidance=self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale,
+                               sampler=sampler)
+
+    def regenerate_layer(self, stack, index, prompt: str | None = None, seed: int | None = None, **kwargs):
+        """A new stack with one layer sampled again in context, the others unchanged
+        (`pixart_core.layers.engine.regenerate_layer`); kwargs: num_inference_steps, guidance_scale, sampler,
+        on_progress, should_stop."""
+        from .layers.engine import regenerate_layer
+
+        sampler = kwargs.pop("sampler", None) or self.defaults["sampler"]
+        steps = kwargs.pop("num_inference_steps", None) or sampler_spec(sampler).default_steps
+        guidance = kwargs.pop("guidance_scale", None)
+        guidance = self.defaults["guidance_scale"] if guidance is None else guidance
+        return regenerate_layer(self.layer_backend(**kwargs), stack, index, prompt=prompt, seed=seed, steps=steps,
+                                guidance=guidance, sampler=sampler)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Model-space latents -> images in -1..1 (float32)."""
         vae_param = next(self.vae.parameters())

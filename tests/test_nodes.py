@@ -8,7 +8,9 @@ import torch
 NODE_IDS = ["AtelierModelLoader", "AtelierT5Loader", "AtelierVAELoader", "AtelierT5TextEncode",
             "AtelierResolutionSelect", "AtelierSampler", "AtelierVAEDecode", "AtelierVAEEncode",
             "AtelierControlNetLoader", "AtelierApplyControlNet", "AtelierHEDPreprocessor", "AtelierCannyPreprocessor",
-            "AtelierTransparentSampler", "AtelierTransparentDecode", "AtelierTransparentEncode", "AtelierSaveRGBA"]
+            "AtelierTransparentSampler", "AtelierTransparentDecode", "AtelierTransparentEncode", "AtelierSaveRGBA",
+            "AtelierLayout", "AtelierGenerateLayers", "AtelierRegenerateLayer", "AtelierLayerSelect",
+            "AtelierSaveLayers", "AtelierLoadLayers"]
 
 
 def test_node_metadata_is_complete(pack):

@@ -13,6 +13,7 @@ Layout of OUT:
     pipelines/      diffusers pipeline roots (model_index.json, transformer/, text_encoder/, tokenizer/, vae/,
                     scheduler/): alpha-1024-ms, sigma-1024, sigma-256 (binning at 256) and lcm (PixArt-δ)
     comfyui/models/ a ComfyUI models folder with the file names the example workflows in `workflows/` use
+    comfyui/input/  the example workflows' input files: pixart_layers_poster.psd (`layer_inputs.py`)
 The T5 tokenizer files are copied from `tokenizer_dir` (the real T5 v1.1 tokenizer, e.g. ComfyUI's
 `comfy/text_encoders/t5_tokenizer`; never committed). Without it the pipeline roots and the T5 folder with a
 tokenizer are left out.
@@ -28,6 +29,7 @@ import torch
 from ..rgba.transparent_load import RELEASED_FILES
 from .controlnet import write_random_hed, write_tiny_controlnets
 from .files import write_json
+from .layer_inputs import write_layer_inputs
 from .t5 import TOKENIZER_FOLDER_FILES, write_tiny_t5
 from .transformers import tiny_transformer_config, write_tiny_transformers
 from .transparent_vae import write_tiny_transparent_vaes
@@ -131,4 +133,6 @@ def write_tiny_suite(out_dir: Path | str, tokenizer_dir: Path | None = None, see
             continue
         _copy(groups[group][name], models / rel)
         written[f"comfyui/{rel}"] = models / rel
+    written.update({f"comfyui/input/{name}": path
+                    for name, path in write_layer_inputs(out / "comfyui" / "input").items()})
     return written

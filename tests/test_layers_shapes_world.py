@@ -1,0 +1,108 @@
+"""Layered generation in the shapes world (issue #10, item 8): over 20 held-out layouts of 2-4 boxes, each a
+shape prompt, the shapes land in their boxes, each layer's alpha covers its shape, and regenerating a layer with
+another colour changes that layer's colour and no other layer's pixels. Skipped until the trained fixture
+(tests/fixtures/shapes_world) is committed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pixart_core.testing import shapes_world as world
+from pixart_core.testing.shapes_data import BACKGROUND_PHRASES, allowed_colours, describe, extent
+from pixart_core.testing.shapes_judge import colour_mask, mask_iou
+
+FIXTURE_MISSING = ("the trained shapes world is not committed yet (issue #8: the figures are not reached); "
+                   "train it with tools/train_shapes_world.py --out tests/fixtures/shapes_world")
+LAYOUTS = 20
+BOX_MARGIN = 1.3  # box half side = the shape's extent times this
+INSIDE_SHARE, LAYER_SHARE, ALPHA_IOU = 0.8, 0.8, 0.7
+
+
+@pytest.fixture(scope="module")
+def world_dir():
+    if not (world.FIXTURE_DIR / "model_index.json").is_file():
+        pytest.skip(FIXTURE_MISSING)
+    return world.FIXTURE_DIR
+
+
+@pytest.fixture(scope="module")
+def pipe(world_dir):
+    return world.load_pipeline()
+
+
+def layout_of(scene) -> dict:
+    """The scene's shapes as layers, each in a box around the shape, bottom to top in drawing order."""
+    size = scene.size
+    layers = []
+    for index, spec in enumerate(scene.shapes):
+        half = extent(spec) * BOX_MARGIN
+        box = [max(0, int(spec.cx - half)), max(0, int(spec.cy - half)), min(size, int(np.ceil(spec.cx + half))),
+               min(size, int(np.ceil(spec.cy + half)))]
+        layers.append({"name": f"shape {index}", "prompt": describe(spec), "box": box})
+    return {"width": size, "height": size, "prompt": scene.prompt,
+            "background": {"prompt": BACKGROUND_PHRASES[scene.background]}, "layers": layers}
+
+
+@pytest.fixture(scope="module")
+def scenes(world_dir):
+    """20 held-out scenes with 2 or more shapes."""
+    picked = [scene for scene in world.held_out_scenes(6 * LAYOUTS) if len(scene.shapes) >= 2][:LAYOUTS]
+    assert len(picked) == LAYOUTS
+    return picked
+
+
+@pytest.fixture(scope="module")
+def generated(pipe, scenes):
+    return [pipe.generate_layers(layout_of(scene), seed=index, num_inference_steps=world.STEPS,
+                                 guidance_scale=world.GUIDANCE) for index, scene in enumerate(scenes)]
+
+
+def box_region(box, size: int) -> np.ndarray:
+    inside = np.zeros((size, size), bool)
+    inside[int(box[1]):int(np.ceil(box[3])), int(box[0]):int(np.ceil(box[2]))] = True
+    return inside
+
+
+def visible_alphas(stack) -> list[np.ndarray]:
+    """Each foreground's alpha times what the layers above leave visible, [H, W] in 0..1."""
+    alphas = [np.asarray(layer.image, np.float64)[..., 3] / 255.0 for layer in stack.layers[1:]]
+    out = []
+    for index, alpha in enumerate(alphas):
+        for upper in alphas[index + 1:]:
+            alpha = alpha * (1 - upper)
+        out.append(alpha)
+    return out
+
+
+def test_shapes_land_in_their_boxes_and_alpha_covers_them(scenes, generated):
+    inside_ok, ious = [], []
+    for scene, stack in zip(scenes, generated):
+        image = np.asarray(stack.composite)
+        for spec, layer, alpha in zip(scene.shapes, stack.layers[1:], visible_alphas(stack)):
+            mask = colour_mask(image, spec.colour)
+            region = box_region(layer.box, scene.size)
+            inside_ok.append(mask.sum() > 0 and (mask & region).sum() >= INSIDE_SHARE * mask.sum())
+            ious.append(mask_iou(alpha > 0.5, mask & region))
+    assert np.mean(inside_ok) >= LAYER_SHARE, f"{np.mean(inside_ok):.2f} of the layers inside their boxes"
+    assert min(ious) >= ALPHA_IOU, f"alpha IoU with the colour masks: min {min(ious):.2f}, mean {np.mean(ious):.2f}"
+
+
+def test_regenerating_a_layer_with_another_colour(pipe, scenes, generated):
+    for index, (scene, stack) in enumerate(zip(scenes[:5], generated[:5])):
+        target = 1
+        spec = scene.shapes[target - 1]
+        used = {shape.colour for shape in scene.shapes}
+        colour = next(c for c in allowed_colours(scene.background) if c not in used)
+        prompt = describe(type(spec)(spec.shape, colour, spec.place, spec.cx, spec.cy, spec.radius))
+        new = pipe.regenerate_layer(stack, target, prompt=prompt, seed=100 + index,
+                                    num_inference_steps=world.STEPS, guidance_scale=world.GUIDANCE)
+        for position, (old, fresh) in enumerate(zip(stack.layers, new.layers)):
+            if position != target:
+                assert np.array_equal(np.asarray(old.image), np.asarray(fresh.image)), (index, old.name)
+        region = box_region(stack.layers[target].box, scene.size)
+        before, after = np.asarray(stack.composite), np.asarray(new.composite)
+        old_before = (colour_mask(before, spec.colour) & region).sum()
+        old_after = (colour_mask(after, spec.colour) & region).sum()
+        new_after = (colour_mask(after, colour) & region).sum()
+        assert new_after > old_after and new_after >= 0.5 * old_before, (index, spec.colour, colour)
