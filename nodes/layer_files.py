@@ -27,8 +27,8 @@ from xml.sax.saxutils import escape
 from . import host
 from .layer_nodes import (PIXART_LAYERS, STACK_OUTPUT_TOOLTIPS, STACK_RETURN_NAMES, STACK_RETURN_TYPES, check_stack,
                           stack_outputs)
-from .rgba_save import _metadata as png_metadata
-from .rgba_save import _output_dir as output_dir
+from .rgba_save import workflow_metadata as png_metadata
+from .rgba_save import output_dir
 from .types import CATEGORY
 
 log = logging.getLogger(__name__)

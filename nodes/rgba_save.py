@@ -21,7 +21,7 @@ from .types import CATEGORY, check_image
 OUTPUT_ENV = "PIXART_ATELIER_OUTPUT"
 
 
-def _output_dir() -> Path:
+def output_dir() -> Path:
     if host.in_comfyui():
         return Path(host.comfy_module("folder_paths").get_output_directory())
     return Path(os.environ.get(OUTPUT_ENV) or "output").resolve()
@@ -29,7 +29,7 @@ def _output_dir() -> Path:
 
 def _save_paths(prefix: str, width: int, height: int) -> tuple[Path, str, int, str]:
     """(folder, file stem, first counter, sub-folder) for `prefix`, refusing a prefix that leaves the output."""
-    output = _output_dir()
+    output = output_dir()
     if host.in_comfyui():
         folder, stem, counter, subfolder, _ = host.comfy_module("folder_paths").get_save_image_path(
             prefix, str(output), width, height)
@@ -44,7 +44,7 @@ def _save_paths(prefix: str, width: int, height: int) -> tuple[Path, str, int, s
     return folder, stem, max(numbers, default=0) + 1, subfolder
 
 
-def _metadata(prompt, extra_pnginfo) -> dict[str, str] | None:
+def workflow_metadata(prompt, extra_pnginfo) -> dict[str, str] | None:
     """PNG text chunks as core Save Image writes them: "prompt" and each extra_pnginfo key (e.g. "workflow"),
     JSON-encoded; None when ComfyUI runs with --disable-metadata."""
     if host.in_comfyui() and getattr(host.comfy_module("comfy.cli_args").args, "disable_metadata", False):
@@ -90,7 +90,7 @@ class AtelierSaveRGBA:
         if images.shape[-1] == 3:
             images = torch.cat([images, torch.ones_like(images[..., :1])], dim=-1)  # [B, H, W, 4] opaque
         folder, stem, counter, subfolder = _save_paths(filename_prefix, rgba.shape[2], rgba.shape[1])
-        text = _metadata(prompt, extra_pnginfo)
+        text = workflow_metadata(prompt, extra_pnginfo)
         results = []
         for index, image in enumerate(images):
             name = f"{stem.replace('%batch_num%', str(index))}_{counter:05}_.png"
