@@ -4,30 +4,16 @@ one plain image of the same size, steps and CFG, counted on a tiny random model 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from pixart_core.layers import engine
 from pixart_core.layers.budget import PhaseSchedule, TokenCounter, budget_limit, phase_schedule
 from pixart_core.layers.layer_alpha import hint_alpha
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE, STEPS, CFG = 128, 6, 4.5
 BOXES = [[0, 0, 80, 80], [48, 32, 128, 112], [16, 64, 96, 128], [64, 0, 128, 64], [24, 24, 72, 72],
          [80, 80, 128, 128], [0, 96, 48, 128], [40, 8, 120, 56]]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_suite):
-    from pixart_core.pipeline import PixArtPipeline
-
-    return PixArtPipeline.from_pretrained(tiny_suite / "pipelines" / "sigma-256")
 
 
 def layout(count: int) -> dict:
@@ -53,15 +39,15 @@ def test_phase_schedule_stays_within_half_an_image():
 
 
 @pytest.mark.parametrize("count", [2, 4, 8])
-def test_budget_for_n_layers(pipe, monkeypatch, count):
+def test_budget_for_n_layers(sigma_pipe, monkeypatch, count):
     # the matte costs no DiT call: the hint serves as alpha so the counting runs fast and every phase runs
     monkeypatch.setattr(engine, "matte_in_box", lambda image, hint, box: (hint_alpha(hint), image.clone()))
-    with TokenCounter(pipe.transformer) as plain:
-        pipe("a poster", negative_prompt="blurry", height=SIZE, width=SIZE, num_inference_steps=STEPS,
+    with TokenCounter(sigma_pipe.transformer) as plain:
+        sigma_pipe("a poster", negative_prompt="blurry", height=SIZE, width=SIZE, num_inference_steps=STEPS,
              guidance_scale=CFG, use_resolution_binning=False, output_type="latent")
     phases = []
-    with TokenCounter(pipe.transformer) as layered:
-        pipe.generate_layers(layout(count), seed=0, num_inference_steps=STEPS, guidance_scale=CFG,
+    with TokenCounter(sigma_pipe.transformer) as layered:
+        sigma_pipe.generate_layers(layout(count), seed=0, num_inference_steps=STEPS, guidance_scale=CFG,
                              on_progress=lambda phase, step, total: phases.append(phase))
     ratio = layered.tokens / plain.tokens
     assert ratio <= budget_limit(count), (count, ratio)

@@ -14,31 +14,17 @@ from PIL import Image
 from pixart_core.layers import Layer, LayerBackend, LayerStack, generate_layers, regenerate_layer
 from pixart_core.sampling import SamplingInterrupted
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 STEPS = 4
 LAYOUT = {"width": 128, "height": 96, "prompt": "a cat and a dog in a park", "background": {"prompt": "a park"},
           "layers": [{"name": "dog", "prompt": "a brown dog", "box": [8, 16, 80, 90]},
                      {"name": "cat", "prompt": "a ginger cat", "box": [48, 8, 120, 70]}]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model on 2 shared cores: OpenMP threads spinning against other processes cost 50x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_suite):
-    from pixart_core.pipeline import PixArtPipeline
-
-    return PixArtPipeline.from_pretrained(tiny_suite / "pipelines" / "sigma-256")
-
-
-def recording_backend(pipe, **kwargs) -> tuple[LayerBackend, list]:
+def recording_backend(sigma_pipe, **kwargs) -> tuple[LayerBackend, list]:
     """The pipeline's backend with every decoded picture recorded (the first is the composite pass')."""
-    backend = pipe.layer_backend(**kwargs)
+    backend = sigma_pipe.layer_backend(**kwargs)
     decoded = []
     inner = backend.decode_latent
 
@@ -76,35 +62,35 @@ def check_stack(stack: LayerStack, layout: dict, composite: np.ndarray) -> None:
     assert difference.mean() <= 1.0, difference.mean()
 
 
-def test_stack_matches_layout_and_recomposites_to_the_picture(pipe):
+def test_stack_matches_layout_and_recomposites_to_the_picture(sigma_pipe):
     phases = []
-    backend, decoded = recording_backend(pipe, on_progress=lambda phase, step, total: phases.append(phase))
+    backend, decoded = recording_backend(sigma_pipe, on_progress=lambda phase, step, total: phases.append(phase))
     stack = generate_layers(backend, LAYOUT, seed=1, steps=STEPS)
     check_stack(stack, LAYOUT, as_uint8(decoded[0]))
     assert stack.layout is not None and stack.layout.layers[0].name == "dog"
     assert any(np.asarray(layer.image)[..., 3].max() > 0 for layer in stack.layers[1:])
     assert phases[0] == "composite" and "background" in phases  # a progress report per phase and step
     assert phases.count("composite") == STEPS
-    again = pipe.generate_layers(LAYOUT, seed=1, num_inference_steps=STEPS)
+    again = sigma_pipe.generate_layers(LAYOUT, seed=1, num_inference_steps=STEPS)
     for first, second in zip(stack.layers, again.layers):  # seeded: the same stack up to float rounding
         assert np.abs(np.asarray(first.image, np.int16) - np.asarray(second.image, np.int16)).max() <= 1
 
 
-def test_eight_layers(pipe):
+def test_eight_layers(sigma_pipe):
     boxes = [[0, 0, 64, 64], [32, 0, 128, 48], [16, 40, 80, 112], [64, 64, 128, 128], [8, 88, 56, 128],
              [40, 24, 96, 80], [96, 8, 128, 40], [24, 56, 48, 80]]
     layout = {"width": 128, "height": 128, "prompt": "a sticker sheet of animals", "negative": "blurry",
               "layers": [{"name": f"animal {i}", "prompt": f"a cute animal number {i}", "box": box}
                          for i, box in enumerate(boxes)]}
-    backend, decoded = recording_backend(pipe)
+    backend, decoded = recording_backend(sigma_pipe)
     stack = generate_layers(backend, layout, seed=0, steps=STEPS)
     assert len(stack) == 9
     check_stack(stack, layout, as_uint8(decoded[0]))
 
 
 @pytest.fixture(scope="module")
-def stack(pipe):
-    return pipe.generate_layers(LAYOUT, seed=2, num_inference_steps=STEPS)
+def stack(sigma_pipe):
+    return sigma_pipe.generate_layers(LAYOUT, seed=2, num_inference_steps=STEPS)
 
 
 def assert_only_changed(before: LayerStack, after: LayerStack, index: int) -> None:
@@ -117,35 +103,35 @@ def assert_only_changed(before: LayerStack, after: LayerStack, index: int) -> No
     assert alpha[~box_region(layer.box, after.height, after.width)].max(initial=0) == 0
 
 
-def test_regenerate_keeps_every_other_layer(pipe, stack):
-    new = pipe.regenerate_layer(stack, 1, prompt="a black dog", seed=5, num_inference_steps=STEPS)
+def test_regenerate_keeps_every_other_layer(sigma_pipe, stack):
+    new = sigma_pipe.regenerate_layer(stack, 1, prompt="a black dog", seed=5, num_inference_steps=STEPS)
     assert_only_changed(stack, new, 1)
     assert new.layers[1].prompt == "a black dog" and new.layout.layers[0].prompt == "a black dog"
     assert new.layers[2] is stack.layers[2]
     assert not np.array_equal(np.asarray(new.layers[1].image), np.asarray(stack.layers[1].image))
     expected = np.asarray(LayerStack(new.layers, new.width, new.height).composite)
     assert np.array_equal(np.asarray(new.composite), expected)  # the composite follows the new layer
-    by_name = pipe.regenerate_layer(stack, "cat", seed=5, num_inference_steps=STEPS)  # the layer's own prompt
+    by_name = sigma_pipe.regenerate_layer(stack, "cat", seed=5, num_inference_steps=STEPS)  # the layer's own prompt
     assert_only_changed(stack, by_name, 2)
-    background = pipe.regenerate_layer(stack, 0, prompt="a beach", seed=5, num_inference_steps=STEPS)
+    background = sigma_pipe.regenerate_layer(stack, 0, prompt="a beach", seed=5, num_inference_steps=STEPS)
     assert_only_changed(stack, background, 0)
     assert np.asarray(background.layers[0].image)[..., 3].min() == 255
 
 
-def test_regenerate_a_stack_loaded_from_psd(pipe, stack, tmp_path):
+def test_regenerate_a_stack_loaded_from_psd(sigma_pipe, stack, tmp_path):
     loaded = LayerStack.load(stack.save(tmp_path / "poster.psd"))
-    new = regenerate_layer(pipe.layer_backend(), loaded, "dog", prompt="a spotted dog", seed=3, steps=STEPS)
+    new = regenerate_layer(sigma_pipe.layer_backend(), loaded, "dog", prompt="a spotted dog", seed=3, steps=STEPS)
     assert_only_changed(loaded, new, 1)
     bare = LayerStack([Layer(layer.name, layer.image, layer.box) for layer in loaded.layers], loaded.width,
                       loaded.height)  # no layout, no prompts: as a PSD made elsewhere
-    new = regenerate_layer(pipe.layer_backend(), bare, 2, prompt="a grey cat", seed=3, steps=STEPS)
+    new = regenerate_layer(sigma_pipe.layer_backend(), bare, 2, prompt="a grey cat", seed=3, steps=STEPS)
     assert_only_changed(bare, new, 2)
     with pytest.raises(ValueError, match="prompt: layer 'cat' has no prompt"):
-        regenerate_layer(pipe.layer_backend(), bare, 2, steps=STEPS)
+        regenerate_layer(sigma_pipe.layer_backend(), bare, 2, steps=STEPS)
     with pytest.raises(ValueError, match="index: no layer named 'bird'"):
-        regenerate_layer(pipe.layer_backend(), bare, "bird", prompt="a bird")
+        regenerate_layer(sigma_pipe.layer_backend(), bare, "bird", prompt="a bird")
     with pytest.raises(ValueError, match="index: 7 is not a layer index"):
-        regenerate_layer(pipe.layer_backend(), bare, 7, prompt="a bird")
+        regenerate_layer(sigma_pipe.layer_backend(), bare, 7, prompt="a bird")
 
 
 def refusing_backend() -> LayerBackend:
@@ -188,8 +174,8 @@ def test_bad_settings_and_invalid_json_are_refused():
         regenerate_layer(refusing_backend(), odd, 1)
 
 
-def test_should_stop_interrupts_between_steps(pipe):
+def test_should_stop_interrupts_between_steps(sigma_pipe):
     calls = []
-    backend = pipe.layer_backend(should_stop=lambda: calls.append(1) or len(calls) >= 2)
+    backend = sigma_pipe.layer_backend(should_stop=lambda: calls.append(1) or len(calls) >= 2)
     with pytest.raises(SamplingInterrupted):
         generate_layers(backend, LAYOUT, seed=0, steps=STEPS)

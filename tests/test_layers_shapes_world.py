@@ -12,24 +12,6 @@ from pixart_core.testing import shapes_world as world
 from pixart_core.testing.shapes_data import BACKGROUND_PHRASES, allowed_colours, describe, extent
 from pixart_core.testing.shapes_judge import colour_mask, mask_iou
 
-FIXTURE_MISSING = ("the trained shapes world is not committed yet (issue #8: the figures are not reached); "
-                   "train it with tools/train_shapes_world.py --out tests/fixtures/shapes_world")
-LAYOUTS = 20
-BOX_MARGIN = 1.3  # box half side = the shape's extent times this
-INSIDE_SHARE, LAYER_SHARE, ALPHA_IOU = 0.8, 0.8, 0.7
-
-
-@pytest.fixture(scope="module")
-def world_dir():
-    if not (world.FIXTURE_DIR / "model_index.json").is_file():
-        pytest.skip(FIXTURE_MISSING)
-    return world.FIXTURE_DIR
-
-
-@pytest.fixture(scope="module")
-def pipe(world_dir):
-    return world.load_pipeline()
-
 
 def layout_of(scene) -> dict:
     """The scene's shapes as layers, each in a box around the shape, bottom to top in drawing order."""
@@ -53,8 +35,8 @@ def scenes(world_dir):
 
 
 @pytest.fixture(scope="module")
-def generated(pipe, scenes):
-    return [pipe.generate_layers(layout_of(scene), seed=index, num_inference_steps=world.STEPS,
+def generated(world_pipe, scenes):
+    return [world_pipe.generate_layers(layout_of(scene), seed=index, num_inference_steps=world.STEPS,
                                  guidance_scale=world.GUIDANCE) for index, scene in enumerate(scenes)]
 
 
@@ -88,14 +70,14 @@ def test_shapes_land_in_their_boxes_and_alpha_covers_them(scenes, generated):
     assert min(ious) >= ALPHA_IOU, f"alpha IoU with the colour masks: min {min(ious):.2f}, mean {np.mean(ious):.2f}"
 
 
-def test_regenerating_a_layer_with_another_colour(pipe, scenes, generated):
+def test_regenerating_a_layer_with_another_colour(world_pipe, scenes, generated):
     for index, (scene, stack) in enumerate(zip(scenes[:5], generated[:5])):
         target = 1
         spec = scene.shapes[target - 1]
         used = {shape.colour for shape in scene.shapes}
         colour = next(c for c in allowed_colours(scene.background) if c not in used)
         prompt = describe(type(spec)(spec.shape, colour, spec.place, spec.cx, spec.cy, spec.radius))
-        new = pipe.regenerate_layer(stack, target, prompt=prompt, seed=100 + index,
+        new = world_pipe.regenerate_layer(stack, target, prompt=prompt, seed=100 + index,
                                     num_inference_steps=world.STEPS, guidance_scale=world.GUIDANCE)
         for position, (old, fresh) in enumerate(zip(stack.layers, new.layers)):
             if position != target:

@@ -26,22 +26,6 @@ from pixart_core.testing.shapes_judge import colour_mask, judge_scene, mask_iou
 ROOT = Path(__file__).resolve().parents[1]
 
 
-FIXTURE_MISSING = ("the trained shapes world is not committed yet (issue #8: the figures are not reached); "
-                   "train it with tools/train_shapes_world.py --out tests/fixtures/shapes_world")
-
-
-@pytest.fixture(scope="module")
-def world_dir():
-    if not (world.FIXTURE_DIR / "model_index.json").is_file():
-        pytest.skip(FIXTURE_MISSING)
-    return world.FIXTURE_DIR
-
-
-@pytest.fixture(scope="module")
-def pipe(world_dir):
-    return world.load_pipeline()
-
-
 def test_ddpm_tables_equal_diffusers_and_the_bound_is_zero_for_an_exact_model():
     diffusers = pytest.importorskip("diffusers")
     schedule = DDPMSchedule()
@@ -65,11 +49,11 @@ def test_training_script_writes_a_loadable_pipeline_folder(tmp_path, t5_tokenize
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]  # no staging folder left behind
-    pipe = PixArtPipeline.from_pretrained(out)
-    assert pipe.transformer.config.family == "sigma" and pipe.transformer.config.learned_sigma
-    assert pipe.vae_scale_factor != pytest.approx(0.13025)  # the measured 1/std of the trained VAE's latents
+    world_pipe = PixArtPipeline.from_pretrained(out)
+    assert world_pipe.transformer.config.family == "sigma" and world_pipe.transformer.config.learned_sigma
+    assert world_pipe.vae_scale_factor != pytest.approx(0.13025)  # the measured 1/std of the trained VAE's latents
     controlnet = load_controlnet(out / "controlnet")
-    image = world.generate(pipe, "a red circle on the left, on a grey background", steps=2,
+    image = world.generate(world_pipe, "a red circle on the left, on a grey background", steps=2,
                            controlnet=controlnet, control_image=torch.zeros(1, 3, 128, 128))
     assert image.shape == (1, 128, 128, 3)
 
@@ -82,11 +66,11 @@ def test_training_script_refuses_a_missing_tokenizer_folder(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_fixture_is_a_pipeline_folder_the_loaders_read_as_it_is(pipe):
-    assert pipe.transformer.config.family == "sigma"
-    assert pipe.transformer.config.sample_size * 8 == world.SIZE
+def test_fixture_is_a_pipeline_folder_the_loaders_read_as_it_is(world_pipe):
+    assert world_pipe.transformer.config.family == "sigma"
+    assert world_pipe.transformer.config.sample_size * 8 == world.SIZE
     net = world.load_world_controlnet()
-    assert net.num_blocks >= 1 and net.hidden_size == pipe.transformer.config.hidden_size
+    assert net.num_blocks >= 1 and net.hidden_size == world_pipe.transformer.config.hidden_size
 
 
 def test_cli_generates_from_the_fixture_folder(tmp_path, world_dir):
@@ -104,33 +88,33 @@ def test_cli_generates_from_the_fixture_folder(tmp_path, world_dir):
     assert verdict["background_ok"] and verdict["all_found"], verdict
 
 
-def test_text_to_image_places_named_shapes_and_backgrounds(pipe):
-    figures = evaluate.text_to_image_figures(pipe, count=50)
+def test_text_to_image_places_named_shapes_and_backgrounds(world_pipe):
+    figures = evaluate.text_to_image_figures(world_pipe, count=50)
     assert figures["prompts"] >= 0.8, figures
     assert figures["backgrounds"] >= 0.9, figures
 
 
-def test_attention_of_a_shapes_words_overlaps_that_shape(pipe):
-    figures = evaluate.attention_figures(pipe, count=30)
+def test_attention_of_a_shapes_words_overlaps_that_shape(world_pipe):
+    figures = evaluate.attention_figures(world_pipe, count=30)
     assert figures["shapes"] >= 30 and figures["iou"] >= 0.5, figures
 
 
-def test_controlnet_makes_the_picture_follow_the_layout_edges(pipe):
-    figures = evaluate.controlnet_figures(pipe, world.load_world_controlnet(), count=30)
+def test_controlnet_makes_the_picture_follow_the_layout_edges(world_pipe):
+    figures = evaluate.controlnet_figures(world_pipe, world.load_world_controlnet(), count=30)
     assert figures["iou"] >= 0.7, figures
 
 
-def test_controlnet_changes_the_picture_toward_the_layout(pipe):
+def test_controlnet_changes_the_picture_toward_the_layout(world_pipe):
     """Without the edges the same prompts match the layouts' exact masks worse (the branch does the work)."""
     scenes = world.held_out_scenes(10)
-    images = world.generate(pipe, [s.prompt for s in scenes], seed=0)
+    images = world.generate(world_pipe, [s.prompt for s in scenes], seed=0)
     plain = np.mean([mask_iou(colour_mask(img, spec.colour), truth >= 0.5)
                      for img, s in zip(images, scenes) for spec, truth in zip(s.shapes, s.masks)])
-    controlled = evaluate.controlnet_figures(pipe, world.load_world_controlnet(), count=10)["iou"]
+    controlled = evaluate.controlnet_figures(world_pipe, world.load_world_controlnet(), count=10)["iou"]
     assert controlled > plain + 0.1, (plain, controlled)
 
 
-def test_transparent_generation_cuts_out_the_drawn_shape(pipe):
+def test_transparent_generation_cuts_out_the_drawn_shape(world_pipe):
     """Issue #9 item 9: Alfie-style generation on held-out single shapes; alpha against the colour mask."""
-    figures = evaluate.transparency_figures(pipe, count=30)
+    figures = evaluate.transparency_figures(world_pipe, count=30)
     assert figures["iou"] >= 0.85 and figures["mae"] <= 0.06, figures
