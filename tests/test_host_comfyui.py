@@ -30,6 +30,7 @@ TINY_VAES = ("sd_diffusers", "sd_ldm.safetensors", "sdxl_diffusers_single.safete
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
 # RGBA workflows (#9): they save RGBA PNGs (plus a checkerboard preview), tested by test_transparent_workflow_runs
 TRANSPARENT_WORKFLOWS = ("pixart_rgba_img2img", "pixart_sigma_transparent_sticker")
+LAYER_WORKFLOW_PREFIX = "pixart_layers_"  # run by tests/test_host_layers.py (they save PSD / ORA, not one PNG)
 
 
 @pytest.fixture(scope="session")
@@ -172,8 +173,8 @@ def small(api: dict, steps: int = 4) -> dict:
     return api
 
 
-@pytest.mark.parametrize("path", [p for p in sorted(WORKFLOWS.glob("*.json")) if p.stem not in TRANSPARENT_WORKFLOWS],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in sorted(WORKFLOWS.glob("*.json")) if p.stem not in TRANSPARENT_WORKFLOWS
+                                  and not p.stem.startswith(LAYER_WORKFLOW_PREFIX)], ids=lambda p: p.stem)
 def test_example_workflow_runs(server, path):
     api = small(json.loads(path.read_text()))
     previews_before = len(server.events.previews)
