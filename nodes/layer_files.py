@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from . import host
 from .layer_nodes import (PIXART_LAYERS, STACK_OUTPUT_TOOLTIPS, STACK_RETURN_NAMES, STACK_RETURN_TYPES, check_stack,
                           stack_outputs)
 from .rgba_save import workflow_metadata as png_metadata
-from .rgba_save import output_dir
+from .rgba_save import save_paths
 from .types import CATEGORY
 
 log = logging.getLogger(__name__)
@@ -61,24 +60,10 @@ def temp_dir() -> Path:
 
 def _target(prefix: str, suffix: str, width: int, height: int) -> tuple[Path, str]:
     """(final path, sub-folder) for a new layer file named like core Save Image: `<prefix>_00001_<suffix>`."""
-    output = output_dir()
-    if host.in_comfyui():
-        folder, stem, counter, subfolder, _ = host.comfy_module("folder_paths").get_save_image_path(
-            prefix, str(output), width, height)
-        folder = Path(folder)
-    else:
-        subfolder, stem = os.path.split(os.path.normpath(prefix))
-        folder = (output / subfolder).resolve()
-        if os.path.commonpath((output, folder)) != str(output):
-            raise ValueError(f"filename_prefix '{prefix}' points outside the output folder {output}; "
-                             "use a relative name")
-        pattern = re.compile(re.escape(stem) + r"_(\d+)_")
-        numbers = [int(m.group(1)) for name in (os.listdir(folder) if folder.is_dir() else ())
-                   if (m := pattern.match(name))]
-        counter = max(numbers, default=0) + 1
-    if not stem or stem.startswith("."):
+    stem = os.path.basename(os.path.normpath(prefix))
+    if not prefix.strip() or not stem or stem.startswith("."):
         raise ValueError(f"filename_prefix '{prefix}': give a file name (not empty, not starting with '.')")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder, stem, counter, subfolder = save_paths(prefix, width, height, numbered=r"_(\d+)_")
     while (folder / f"{stem}_{counter:05}_{suffix}").exists():
         counter += 1
     return folder / f"{stem}_{counter:05}_{suffix}", subfolder

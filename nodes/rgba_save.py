@@ -27,8 +27,9 @@ def output_dir() -> Path:
     return Path(os.environ.get(OUTPUT_ENV) or "output").resolve()
 
 
-def _save_paths(prefix: str, width: int, height: int) -> tuple[Path, str, int, str]:
-    """(folder, file stem, first counter, sub-folder) for `prefix`, refusing a prefix that leaves the output."""
+def save_paths(prefix: str, width: int, height: int, numbered: str = r"_(\d+)_\.png$") -> tuple[Path, str, int, str]:
+    """(folder, file stem, first counter, sub-folder) for `prefix`, refusing a prefix that leaves the output;
+    outside ComfyUI the counter follows the files named `<stem>` + `numbered` (a regex with the number's group)."""
     output = output_dir()
     if host.in_comfyui():
         folder, stem, counter, subfolder, _ = host.comfy_module("folder_paths").get_save_image_path(
@@ -39,7 +40,7 @@ def _save_paths(prefix: str, width: int, height: int) -> tuple[Path, str, int, s
     if os.path.commonpath((output, folder)) != str(output):
         raise ValueError(f"filename_prefix '{prefix}' points outside the output folder {output}; use a relative name")
     folder.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(re.escape(stem) + r"_(\d+)_\.png$")
+    pattern = re.compile(re.escape(stem) + numbered)
     numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := pattern.match(name))]
     return folder, stem, max(numbers, default=0) + 1, subfolder
 
@@ -89,7 +90,7 @@ class AtelierSaveRGBA:
         images = rgba.detach().float().cpu()  # [B, H, W, C]
         if images.shape[-1] == 3:
             images = torch.cat([images, torch.ones_like(images[..., :1])], dim=-1)  # [B, H, W, 4] opaque
-        folder, stem, counter, subfolder = _save_paths(filename_prefix, rgba.shape[2], rgba.shape[1])
+        folder, stem, counter, subfolder = save_paths(filename_prefix, rgba.shape[2], rgba.shape[1])
         text = workflow_metadata(prompt, extra_pnginfo)
         results = []
         for index, image in enumerate(images):
