@@ -57,9 +57,9 @@ def load(args) -> PixArtPipeline:
         return PixArtPipeline.from_pretrained(args.model)
     from pixart_core.testing.suite import write_tiny_suite
 
-    folder = Path(tempfile.mkdtemp(prefix="bench_layers_"))
-    write_tiny_suite(folder, tokenizer_dir=Path(args.tokenizer))
-    return PixArtPipeline.from_pretrained(folder / "pipelines" / "sigma-256")
+    with tempfile.TemporaryDirectory(prefix="bench_layers_") as tmp:  # the weights are in memory once loaded
+        write_tiny_suite(Path(tmp), tokenizer_dir=Path(args.tokenizer))
+        return PixArtPipeline.from_pretrained(Path(tmp) / "pipelines" / "sigma-256")
 
 
 def plain(pipe, size: int, steps: int):

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pixart_core.testing.shapes_data import (BACKGROUNDS, COLOURS, PLACE_PHRASES, PLACES, SHAPES, TRAIN_SEEDS,
-                                             allowed_colours, background_image, edge_map, edge_map_of_specs,
-                                             held_out_seeds, make_scene, render, sample_specs, single_shape_scene)
+from pixart_core.testing.shapes_data import (BACKGROUNDS, COLOURS, JITTER, PLACE_PHRASES, PLACES, RADIUS_RANGE,
+                                             SHAPES, TRAIN_SEEDS, allowed_colours, background_image, edge_map,
+                                             edge_map_of_specs, held_out_seeds, make_scene, render, sample_specs,
+                                             single_shape_scene)
 from pixart_core.testing.shapes_judge import colour_mask, judge_background, judge_scene, mask_iou
 
 SCENES = [make_scene(seed) for seed in range(200)]
@@ -40,9 +41,9 @@ def test_scenes_follow_the_vocabulary_and_rules():
         assert len({s.colour for s in scene.shapes}) == len(scene.shapes)
         for spec in scene.shapes:
             assert spec.shape in SHAPES and spec.colour in allowed_colours(scene.background)
-            assert 13 <= spec.radius <= 17
+            assert RADIUS_RANGE[0] <= spec.radius <= RADIUS_RANGE[1]
             px, py = PLACES[spec.place]
-            assert abs(spec.cx - px * 128) <= 4 and abs(spec.cy - py * 128) <= 4
+            assert abs(spec.cx - px * 128) <= JITTER and abs(spec.cy - py * 128) <= JITTER
     assert all(counts[k] > 20 for k in counts), counts
     assert "white" not in allowed_colours("white") and "black" not in allowed_colours("black")
 

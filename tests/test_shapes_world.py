@@ -83,7 +83,7 @@ def test_cli_generates_from_the_fixture_folder(tmp_path, world_dir):
     from PIL import Image
 
     image = np.asarray(Image.open(out).convert("RGB"))
-    asked = render("black", [ShapeSpec("square", "yellow", "centre", 64.0, 64.0, 15.0)])
+    asked = render("black", [ShapeSpec("square", "yellow", "centre", 64.0, 64.0, 17.5)])
     verdict = judge_scene(image, asked)
     assert verdict["background_ok"] and verdict["all_found"], verdict
 

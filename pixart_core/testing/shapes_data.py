@@ -62,12 +62,12 @@ HELD_OUT_START = 10_000_000  # held-out seeds start here, far from TRAIN_SEEDS
 
 SHAPE_COUNT_WEIGHTS = (0.5, 0.3, 0.2)  # P(1 shape), P(2), P(3)
 REFERENCE_SIZE = 128  # radius and jitter below are in pixels at this size and scale with the image
-RADIUS_RANGE = (13.0, 17.0)
-JITTER = 4.0
+RADIUS_RANGE = (15.0, 20.0)  # shapes span 2-3 DiT tokens (16 px each at 128²), so attention can outline them
+JITTER = 3.0
 MIN_BACKGROUND_DELTA_E = 40.0  # a shape colour closer than this (CIE76, Lab) to the background is not used
 SUPERSAMPLE = 4  # coverage = fraction of 4×4 sub-pixel samples inside the shape
-RING_INNER = 0.55  # ring inner radius / outer radius
-STAR_INNER = 0.45  # star inner vertex radius / outer radius
+RING_INNER = 0.5  # ring inner radius / outer radius
+STAR_INNER = 0.5  # star inner vertex radius / outer radius
 TRIANGLE_SCALE = 1.15  # triangle circumradius / radius (so its area is closer to the circle's)
 SQUARE_SCALE = 0.9  # square half side / radius
 

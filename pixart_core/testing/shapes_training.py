@@ -2,9 +2,10 @@
 
 Every model is the project's own module (`AutoencoderKL`, `PixArtTransformer`, `PixArtControlNet`), so what is
 trained here is written in the released layouts and loaded by the ordinary loaders. The text encoder is the
-tiny T5 with the real T5 tokenizer, started from its seeded random weights and trained with the DiT
-(`TrainPlan.train_t5`): a frozen random T5 gives every word its own vector but leaves each word's vector blind to
-its neighbours, so "red" is not bound to "circle" or to "left" in a three-shape prompt. Determinism: one seed drives data, initialisation and noise; torch runs
+tiny T5 with the real T5 tokenizer, started from its seeded random weights and first taught to parse the world's
+prompts (`shapes_text.pretrain_t5`): a random T5 gives every word its own vector but leaves it blind to its
+neighbours, so "red" is not bound to "circle" or to "left" in a three-shape prompt. It is then frozen (or trained
+along with the DiT, `TrainPlan.train_t5`). Determinism: one seed drives data, initialisation and noise; torch runs
 single-process with a fixed thread count (results can still differ across CPUs by float rounding).
 """
 
@@ -24,6 +25,8 @@ from torch import Tensor
 
 from .ddpm_loss import DDPMSchedule, learned_sigma_loss
 from .shapes_data import edge_map, held_out_seeds, make_scene
+from .shapes_judge import judge_scene
+from .shapes_text import phrase_targets, pretrain_t5
 from .t5 import TINY_T5_CONFIG, tiny_t5_state_dict
 from .transformers import TINY_HEAD_DIM
 from ..controlnet.model import PixArtControlNet
@@ -35,7 +38,8 @@ from ..vae.model import AutoencoderKL
 
 log = logging.getLogger(__name__)
 
-VAE_WIDTHS, VAE_GROUPS = (16, 32, 32, 64), 8  # narrow full-resolution levels keep CPU training in minutes
+VAE_WIDTHS = (16, 32, 32, 64)  # narrow full-resolution levels keep CPU training in minutes
+VAE_GROUPS = 2  # GroupNorm of 2-channel groups reduces a flat colour to a sign: colours then drift (measured)
 CAPTION_TOKENS = 48  # longest world prompt is ~36 T5 tokens; padding is masked, so any length gives the same result
 
 
@@ -55,14 +59,17 @@ class TrainPlan:
     edge_fraction: float = 0.25  # share of edge maps in the VAE's batches (the ControlNet's inputs)
     depth: int = 6
     heads: int = 2
-    dit_steps: int = 3500
+    dit_steps: int = 4500
     dit_batch: int = 32
     dit_lr: float = 6e-4
     warmup: int = 100
     ema_decay: float = 0.998
     caption_drop: float = 0.1  # empty-prompt rows, for classifier-free guidance with negative prompt ""
     eps_max_weight: float = 10.0  # ε loss weight min(1/ᾱ_t, this) (ddpm_loss.learned_sigma_loss)
-    train_t5: bool = True  # train the tiny T5 with the DiT: a frozen random T5 leaves "red" unbound to "left"
+    t5_parse_steps: int = 600  # the T5 first learns to parse the prompts (shapes_text.pretrain_t5)
+    t5_parse_batch: int = 64
+    t5_parse_lr: float = 3e-3
+    train_t5: bool = False  # also train the (parsed) T5 with the DiT; frozen, its features are computed once
     control_blocks: int = 3
     control_steps: int = 700
     control_batch: int = 32
@@ -72,7 +79,8 @@ class TrainPlan:
     def quick(self) -> "TrainPlan":
         """A few steps of everything (what the test runs)."""
         return replace(self, scenes=48, vae_steps=3, vae_batch=4, vae_crop=32, dit_steps=3, dit_batch=8, warmup=1,
-                       control_steps=2, control_batch=4, depth=2, control_blocks=1)
+                       control_steps=2, control_batch=4, depth=2, control_blocks=1, t5_parse_steps=3,
+                       t5_parse_batch=4)
 
 
 def dit_config(plan: TrainPlan) -> PixArtConfig:
@@ -103,14 +111,16 @@ def to_unit(images: np.ndarray) -> Tensor:
 
 def render_dataset(plan: TrainPlan) -> dict:
     """Images, edge maps and prompts of the training scenes (seeds 0..plan.scenes-1)."""
-    images, edges, shapes, prompts = [], [], [], []
+    images, edges, shapes, prompts, layouts = [], [], [], [], []
     for seed in range(plan.scenes):
         scene = make_scene(seed, plan.size)
+        layouts.append((scene.background, scene.shapes))
         images.append(scene.image)
         edges.append(edge_map(scene))
         shapes.append((scene.masks.max(axis=0) * 255).astype(np.uint8))  # [S, S] any shape's coverage
         prompts.append(scene.prompt)
-    return {"images": np.stack(images), "edges": np.stack(edges), "shapes": np.stack(shapes), "prompts": prompts}
+    return {"images": np.stack(images), "edges": np.stack(edges), "shapes": np.stack(shapes), "prompts": prompts,
+            "layouts": layouts}
 
 
 def _lr_at(step: int, plan_lr: float, warmup: int, total: int) -> float:
@@ -172,7 +182,7 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch: int = 64) -> T
 @dataclass
 class Captions:
     """Token ids and masks [N, CAPTION_TOKENS] of the training prompts (lower-cased as pipelines do), and the
-    empty prompt's, for classifier-free guidance's dropped rows."""
+    empty prompt's, for classifier-free guidance's dropped rows; after `features`, `ids` holds T5 features."""
 
     ids: Tensor
     mask: Tensor
@@ -188,8 +198,18 @@ class Captions:
     def dropped(self, index: Tensor, rate: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Ids and masks [b, L] of rows `index`, each replaced by the empty prompt with probability `rate`."""
         drop = torch.rand(index.shape[0], generator=generator) < rate  # [b]
-        ids = torch.where(drop[:, None], self.empty_ids, self.ids[index])  # [b, L]
+        shape = (-1,) + (1,) * (self.ids.dim() - 1)
+        ids = torch.where(drop.view(shape), self.empty_ids, self.ids[index])  # [b, L] or [b, L, C]
         return ids, torch.where(drop[:, None], self.empty_mask, self.mask[index])
+
+    @torch.no_grad()
+    def features(self, t5: T5Encoder, batch: int = 256) -> "Captions":
+        """The same captions with `ids` replaced by the frozen T5's masked features [N, L, C] (and the empty
+        prompt's [L, C]), so `dropped` hands out contexts instead of token ids."""
+        out = [t5(self.ids[i:i + batch], self.mask[i:i + batch]) * self.mask[i:i + batch, :, None]
+               for i in range(0, self.ids.shape[0], batch)]
+        empty = t5(self.empty_ids[None], self.empty_mask[None])[0] * self.empty_mask[:, None]  # [L, C]
+        return Captions(torch.cat(out), self.mask, empty, self.empty_mask)
 
 
 class EMA:
@@ -249,10 +269,14 @@ def train_dit(plan: TrainPlan, latents: Tensor, captions: Captions, t5: T5Encode
     pair = torch.nn.ModuleDict({"dit": model, "t5": t5})
     schedule = DDPMSchedule()
 
+    features = None if plan.train_t5 else captions.features(t5)  # frozen T5: every prompt's features once
+
     def loss_at(step: int) -> Tensor:
         index = torch.randint(0, latents.shape[0], (plan.dit_batch,), generator=generator)  # [b]
-        ids, mask = captions.dropped(index, plan.caption_drop, generator)  # [b, L] each
-        with torch.set_grad_enabled(plan.train_t5):
+        if features is not None:
+            context, mask = features.dropped(index, plan.caption_drop, generator)  # [b, L, C], [b, L]
+        else:
+            ids, mask = captions.dropped(index, plan.caption_drop, generator)  # [b, L] each
             context = t5(ids, mask) * mask[..., None]  # [b, L, C]
         return _diffusion_step(model, schedule, latents[index], context, mask, generator, plan.eps_max_weight)
 
@@ -285,17 +309,23 @@ def train_controlnet(plan: TrainPlan, model: PixArtTransformer, latents: Tensor,
     net = PixArtControlNet.from_transformer(model, num_blocks=plan.control_blocks).train()
     schedule = DDPMSchedule()
 
+    features = captions.features(t5)  # the T5 is frozen from here on
+
     def loss_at(step: int) -> Tensor:
         index = torch.randint(0, latents.shape[0], (plan.control_batch,), generator=generator)  # [b]
-        ids, mask = captions.dropped(index, plan.control_caption_drop, generator)  # [b, L] each
-        with torch.no_grad():
-            context = t5(ids, mask) * mask[..., None]  # [b, L, C]
+        context, mask = features.dropped(index, plan.control_caption_drop, generator)  # [b, L, C], [b, L]
         controls = [(net, control_latents[index], 1.0)]
         return _diffusion_step(model, schedule, latents[index], context, mask, generator, plan.eps_max_weight,
                                controls=controls)
 
     return _optimise("controlnet", net, plan.control_steps, plan.control_lr, min(plan.warmup, plan.control_steps),
                      plan.ema_decay, loss_at)
+
+
+def round_trip_pass_rate(recon: Tensor, scenes: list) -> float:
+    """Share of scenes the judge passes on their VAE round trip [N, 3, S, S] (-1..1): the cap on placement."""
+    images = recon.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()  # [N, S, S, 3]
+    return float(np.mean([judge_scene(image, scene)["all_found"] for image, scene in zip(images, scenes)]))
 
 
 def scaling_factor_of(latents: Tensor) -> float:
@@ -324,9 +354,11 @@ def run(plan: TrainPlan, tokenizer, on_phase: Callable[[str, float], None] | Non
     if vae is None:
         vae = train_vae(plan, data, generator)
     phase("vae", started)
-    held_out = np.stack([make_scene(seed, plan.size).image for seed in held_out_seeds(32)])
-    recon = vae.decode(vae.encode(to_unit(held_out)))  # [32, 3, S, S]
-    log.info("vae: held-out reconstruction L1 %.4f (images in -1..1)", float((recon - to_unit(held_out)).abs().mean()))
+    held_out_scenes = [make_scene(seed, plan.size) for seed in held_out_seeds(100)]
+    held_out = np.stack([scene.image for scene in held_out_scenes])  # [N, S, S, 3]
+    recon = vae.decode(vae.encode(to_unit(held_out)))  # [N, 3, S, S]
+    log.info("vae: held-out reconstruction L1 %.4f (images in -1..1), judge passes %.0f%% of round trips",
+             float((recon - to_unit(held_out)).abs().mean()), 100 * round_trip_pass_rate(recon, held_out_scenes))
     started = time.perf_counter()
     raw = encode_latents(vae, data["images"])  # [N, 4, h, w]
     scale = scaling_factor_of(raw)
@@ -335,6 +367,12 @@ def run(plan: TrainPlan, tokenizer, on_phase: Callable[[str, float], None] | Non
     t5 = random_t5(plan.seed)
     captions = Captions.tokenize(tokenizer, data["prompts"])
     phase("encode", started)
+    started = time.perf_counter()
+    targets = torch.from_numpy(np.stack([phrase_targets(tokenizer, background, specs, CAPTION_TOKENS)
+                                         for background, specs in data["layouts"]]))  # [N, L, 4]
+    pretrain_t5(t5, captions.ids, captions.mask, targets, plan.t5_parse_steps, plan.t5_parse_batch,
+                plan.t5_parse_lr, generator)
+    phase("t5", started)
     started = time.perf_counter()
     dit, t5 = train_dit(plan, latents, captions, t5, generator, snapshot)
     phase("dit", started)

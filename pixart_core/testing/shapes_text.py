@@ -1,0 +1,97 @@
+"""The shapes world's text encoder: the tiny T5 taught to parse the world's prompts before the DiT trains.
+
+A random T5 gives each word its own vector but leaves it blind to its neighbours, so to the DiT a prompt is a bag
+of words: nothing binds "red" to "circle" or to "left" (measured: colour features differ only at the colour
+word's own position). Learning that binding through the diffusion loss alone is slow. So the T5 first learns to
+read its prompts: every token of a shape's phrase ("a red circle on the left") predicts that phrase's colour,
+shape and place, and every token of the background phrase predicts the background, through linear heads that
+are dropped afterwards. What stays is an ordinary T5 encoder in the released layout whose features carry the
+binding, so a DiT image token at a place can find its phrase with one cross-attention lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .shapes_data import BACKGROUNDS, COLOURS, PLACES, SHAPES, ShapeSpec, describe, prompt_for
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # cross-entropy's ignore_index: padding, separators, and attributes a phrase does not name
+ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "place": list(PLACES), "background": list(BACKGROUNDS)}
+
+
+def phrase_targets(tokenizer, background: str, specs: list[ShapeSpec], length: int) -> np.ndarray:
+    """int64 [length, 4]: per token of `prompt_for(background, specs)` (lower-cased), the class of its phrase's
+    colour, shape, place and background (ATTRIBUTES order), IGNORE where the token's phrase does not name it.
+
+    Phrase spans come from token counts of the prompt's prefixes; the prompt joins phrases at word boundaries,
+    where the tokenizer's pieces of a prefix are a prefix of the prompt's pieces.
+    """
+    prompt = prompt_for(background, specs).lower()
+    targets = np.full((length, 4), IGNORE, np.int64)
+
+    def tokens_before(end: int) -> int:
+        return len(tokenizer.encode(prompt[:end])) - 1  # without </s>
+
+    cursor = 0
+    for spec in specs:
+        start = prompt.index(describe(spec).lower(), cursor)
+        cursor = start + len(describe(spec))
+        first, last = tokens_before(start) if start else 0, tokens_before(cursor)
+        targets[first:last, 0] = ATTRIBUTES["colour"].index(spec.colour)
+        targets[first:last, 1] = ATTRIBUTES["shape"].index(spec.shape)
+        targets[first:last, 2] = ATTRIBUTES["place"].index(spec.place)
+    start = prompt.rindex(", ") + 2  # the background phrase ends the prompt
+    targets[tokens_before(start):tokens_before(len(prompt)), 3] = ATTRIBUTES["background"].index(background)
+    return targets
+
+
+class PromptParser(torch.nn.Module):
+    """Linear heads over T5 features [B, L, D] -> logits per attribute (trained, then discarded)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, len(v)) for v in ATTRIBUTES.values())
+
+    def loss(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Summed cross-entropy and per-attribute token accuracy [4] of features [B, L, D] vs targets [B, L, 4]."""
+        losses, accuracy = [], []
+        for index, head in enumerate(self.heads):
+            logits = head(features)  # [B, L, classes]
+            wanted = targets[..., index]  # [B, L]
+            losses.append(F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=IGNORE))
+            named = wanted != IGNORE
+            accuracy.append((logits.argmax(-1)[named] == wanted[named]).float().mean())
+        return torch.stack(losses).sum(), torch.stack(accuracy)
+
+
+def pretrain_t5(t5, ids: Tensor, mask: Tensor, targets: Tensor, steps: int, batch: int, lr: float,
+                generator: torch.Generator):
+    """Teach `t5` (in place) to parse the prompts: ids/mask [N, L], targets [N, L, 4]. Returns the final
+    per-attribute accuracy [4] on the last batch."""
+    parser = PromptParser(t5.config.d_model)
+    t5.requires_grad_(True).train()
+    params = list(t5.parameters()) + list(parser.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    started = time.perf_counter()
+    accuracy = torch.zeros(4)
+    for step in range(steps):
+        index = torch.randint(0, ids.shape[0], (batch,), generator=generator)  # [b]
+        features = t5(ids[index], mask[index])  # [b, L, D]
+        loss, accuracy = parser.loss(features, targets[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step == steps - 1 or step % max(1, steps // 10) == 0:
+            log.info("t5 parse step %d/%d loss %.4f accuracy %s (%.0f s)", step + 1, steps, loss.item(),
+                     " ".join(f"{a:.3f}" for a in accuracy.tolist()), time.perf_counter() - started)
+    t5.eval().requires_grad_(False)
+    return accuracy.detach()
