@@ -9,11 +9,7 @@ from pixart_core.t5.tokenizer import load_t5_tokenizer
 from pixart_core.testing import shapes_training as training
 from pixart_core.testing.shapes_data import ShapeSpec, make_scene, render
 from pixart_core.testing.shapes_text import ATTRIBUTES, IGNORE, phrase_targets, pretrain_t5
-
-
-def _word_rows(tokenizer, prompt: str, word: str) -> list[int]:
-    ids, piece = tokenizer.encode(prompt), tokenizer.encode(word)[:-1]
-    return [i for i in range(len(ids)) if ids[i:i + len(piece)] == piece]
+from pixart_core.testing.shapes_world import word_token_positions
 
 
 def test_every_token_of_a_phrase_names_that_phrases_colour_shape_and_place(t5_tokenizer_dir):
@@ -23,8 +19,7 @@ def test_every_token_of_a_phrase_names_that_phrases_colour_shape_and_place(t5_to
     prompt = scene.prompt.lower()
     targets = phrase_targets(tokenizer, scene.background, scene.shapes, 48)  # [48, 4]
     length = len(tokenizer.encode(prompt))
-    (red,), (blue,), (star,) = (_word_rows(tokenizer, prompt, w) for w in ("red", "blue", "star"))
-    grey = _word_rows(tokenizer, prompt, "grey")[0]
+    red, blue, star, grey = word_token_positions(tokenizer, prompt, ["red", "blue", "star", "grey"])
     assert targets[red].tolist() == [ATTRIBUTES["colour"].index("red"), ATTRIBUTES["shape"].index("circle"),
                                      ATTRIBUTES["place"].index("left"), IGNORE]
     assert targets[blue].tolist() == targets[star].tolist() == [
@@ -33,7 +28,7 @@ def test_every_token_of_a_phrase_names_that_phrases_colour_shape_and_place(t5_to
     assert targets[grey].tolist() == [IGNORE, IGNORE, IGNORE, ATTRIBUTES["background"].index("grey")]
     assert (targets[length - 1:] == IGNORE).all()  # </s> and padding name nothing
     # each phrase covers its own tokens, from its article to its place; "and" between them names nothing
-    (joint,) = _word_rows(tokenizer, prompt, "and")
+    (joint,) = word_token_positions(tokenizer, prompt, ["and"])
     assert (targets[:joint, 0] == ATTRIBUTES["colour"].index("red")).all()
     assert (targets[joint] == IGNORE).all()
     assert (targets[joint + 1:star + 1, 0] == ATTRIBUTES["colour"].index("blue")).all()
@@ -47,7 +42,7 @@ def test_a_t5_taught_to_parse_tells_left_from_right(t5_tokenizer_dir):
     targets = torch.from_numpy(np.stack([phrase_targets(tokenizer, s.background, s.shapes, training.CAPTION_TOKENS)
                                          for s in scenes]))
     t5 = training.random_t5(0)
-    accuracy = pretrain_t5(t5, captions.ids, captions.mask, targets, steps=150, batch=32, lr=3e-3,
+    accuracy = pretrain_t5(t5, captions.rows, captions.mask, targets, steps=150, batch=32, lr=3e-3,
                            generator=torch.Generator().manual_seed(0))
     assert not any(p.requires_grad for p in t5.parameters())  # frozen again afterwards
     assert accuracy.min() > 0.6, accuracy  # chance is 1/9 for places, 1/8 colours, 1/5 shapes and backgrounds

@@ -44,7 +44,7 @@ def phrase_targets(tokenizer, background: str, specs: list[ShapeSpec], length: i
     for spec in specs:
         start = prompt.index(describe(spec).lower(), cursor)
         cursor = start + len(describe(spec))
-        first, last = tokens_before(start) if start else 0, tokens_before(cursor)
+        first, last = tokens_before(start), tokens_before(cursor)
         targets[first:last, 0] = ATTRIBUTES["colour"].index(spec.colour)
         targets[first:last, 1] = ATTRIBUTES["shape"].index(spec.shape)
         targets[first:last, 2] = ATTRIBUTES["place"].index(spec.place)

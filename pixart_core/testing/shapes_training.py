@@ -181,12 +181,13 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch: int = 64) -> T
 
 @dataclass
 class Captions:
-    """Token ids and masks [N, CAPTION_TOKENS] of the training prompts (lower-cased as pipelines do), and the
-    empty prompt's, for classifier-free guidance's dropped rows; after `features`, `ids` holds T5 features."""
+    """Per training prompt (lower-cased as pipelines do) its token ids [N, CAPTION_TOKENS], or after `features`
+    its T5 features [N, CAPTION_TOKENS, C], and its mask; the empty prompt's row and mask stand in for
+    classifier-free guidance's dropped rows."""
 
-    ids: Tensor
+    rows: Tensor
     mask: Tensor
-    empty_ids: Tensor
+    empty_row: Tensor
     empty_mask: Tensor
 
     @classmethod
@@ -196,19 +197,20 @@ class Captions:
         return cls(ids, mask, empty_ids[0], empty_mask[0])
 
     def dropped(self, index: Tensor, rate: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Ids and masks [b, L] of rows `index`, each replaced by the empty prompt with probability `rate`."""
+        """Rows (ids [b, L] or features [b, L, C]) and masks [b, L] of prompts `index`, each replaced by the empty
+        prompt with probability `rate`."""
         drop = torch.rand(index.shape[0], generator=generator) < rate  # [b]
-        shape = (-1,) + (1,) * (self.ids.dim() - 1)
-        ids = torch.where(drop.view(shape), self.empty_ids, self.ids[index])  # [b, L] or [b, L, C]
-        return ids, torch.where(drop[:, None], self.empty_mask, self.mask[index])
+        shape = (-1,) + (1,) * (self.rows.dim() - 1)
+        rows = torch.where(drop.view(shape), self.empty_row, self.rows[index])  # [b, L] or [b, L, C]
+        return rows, torch.where(drop[:, None], self.empty_mask, self.mask[index])
 
     @torch.no_grad()
     def features(self, t5: T5Encoder, batch: int = 256) -> "Captions":
-        """The same captions with `ids` replaced by the frozen T5's masked features [N, L, C] (and the empty
-        prompt's [L, C]), so `dropped` hands out contexts instead of token ids."""
-        out = [t5(self.ids[i:i + batch], self.mask[i:i + batch]) * self.mask[i:i + batch, :, None]
-               for i in range(0, self.ids.shape[0], batch)]
-        empty = t5(self.empty_ids[None], self.empty_mask[None])[0] * self.empty_mask[:, None]  # [L, C]
+        """The same captions as the frozen T5's masked features [N, L, C] (and the empty prompt's [L, C]), so
+        `dropped` hands out contexts instead of token ids."""
+        out = [t5(self.rows[i:i + batch], self.mask[i:i + batch]) * self.mask[i:i + batch, :, None]
+               for i in range(0, self.rows.shape[0], batch)]
+        empty = t5(self.empty_row[None], self.empty_mask[None])[0] * self.empty_mask[:, None]  # [L, C]
         return Captions(torch.cat(out), self.mask, empty, self.empty_mask)
 
 
@@ -265,23 +267,30 @@ def train_dit(plan: TrainPlan, latents: Tensor, captions: Captions, t5: T5Encode
     returns the EMA weights of both."""
     model = PixArtTransformer(dit_config(plan)).train()
     _init_dit(model)
-    t5.requires_grad_(plan.train_t5)
-    pair = torch.nn.ModuleDict({"dit": model, "t5": t5})
     schedule = DDPMSchedule()
+    if not plan.train_t5:  # frozen T5: every prompt's features once, and only the DiT in the optimiser and EMA
+        features = captions.features(t5)
 
-    features = None if plan.train_t5 else captions.features(t5)  # frozen T5: every prompt's features once
-
-    def loss_at(step: int) -> Tensor:
-        index = torch.randint(0, latents.shape[0], (plan.dit_batch,), generator=generator)  # [b]
-        if features is not None:
+        def loss_at(step: int) -> Tensor:
+            index = torch.randint(0, latents.shape[0], (plan.dit_batch,), generator=generator)  # [b]
             context, mask = features.dropped(index, plan.caption_drop, generator)  # [b, L, C], [b, L]
-        else:
-            ids, mask = captions.dropped(index, plan.caption_drop, generator)  # [b, L] each
-            context = t5(ids, mask) * mask[..., None]  # [b, L, C]
+            return _diffusion_step(model, schedule, latents[index], context, mask, generator, plan.eps_max_weight)
+
+        dit = _optimise("dit", model, plan.dit_steps, plan.dit_lr, plan.warmup, plan.ema_decay, loss_at, snapshot)
+        return dit, t5
+
+    t5.requires_grad_(True)
+    pair = torch.nn.ModuleDict({"dit": model, "t5": t5})
+
+    def pair_loss_at(step: int) -> Tensor:
+        index = torch.randint(0, latents.shape[0], (plan.dit_batch,), generator=generator)  # [b]
+        ids, mask = captions.dropped(index, plan.caption_drop, generator)  # [b, L] each
+        context = t5(ids, mask) * mask[..., None]  # [b, L, C]
         return _diffusion_step(model, schedule, latents[index], context, mask, generator, plan.eps_max_weight)
 
     pair_snapshot = None if snapshot is None else (lambda step, ema: snapshot(step, ema["dit"]))
-    trained = _optimise("dit", pair, plan.dit_steps, plan.dit_lr, plan.warmup, plan.ema_decay, loss_at, pair_snapshot)
+    trained = _optimise("dit", pair, plan.dit_steps, plan.dit_lr, plan.warmup, plan.ema_decay, pair_loss_at,
+                        pair_snapshot)
     return trained["dit"], trained["t5"].requires_grad_(False)
 
 
@@ -370,7 +379,7 @@ def run(plan: TrainPlan, tokenizer, on_phase: Callable[[str, float], None] | Non
     started = time.perf_counter()
     targets = torch.from_numpy(np.stack([phrase_targets(tokenizer, background, specs, CAPTION_TOKENS)
                                          for background, specs in data["layouts"]]))  # [N, L, 4]
-    pretrain_t5(t5, captions.ids, captions.mask, targets, plan.t5_parse_steps, plan.t5_parse_batch,
+    pretrain_t5(t5, captions.rows, captions.mask, targets, plan.t5_parse_steps, plan.t5_parse_batch,
                 plan.t5_parse_lr, generator)
     phase("t5", started)
     started = time.perf_counter()
