@@ -66,6 +66,16 @@ def test_training_script_refuses_a_missing_tokenizer_folder(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("item, named", [("train_t5=maybe", "true or false"), ("dit_steps=many", "takes a int"),
+                                         ("no_such=1", "unknown field")])
+def test_training_script_refuses_a_bad_set_value(tmp_path, item, named):
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "train_shapes_world.py"), "--out",
+                             str(tmp_path / "w"), "--quick", "--set", item], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "--set" in result.stderr and named in result.stderr, result.stderr[-500:]
+    assert not (tmp_path / "w").exists()
+
+
 def test_fixture_is_a_pipeline_folder_the_loaders_read_as_it_is(world_pipe):
     assert world_pipe.transformer.config.family == "sigma"
     assert world_pipe.transformer.config.sample_size * 8 == world.SIZE

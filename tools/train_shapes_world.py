@@ -61,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         name, _, value = item.partition("=")
         if name not in plan.__dataclass_fields__:
             parser.error(f"--set {item}: unknown field {name!r}")
-        plan = replace(plan, **{name: type(getattr(plan, name))(value)})
+        kind = type(getattr(plan, name))
+        try:
+            if kind is bool and value.lower() not in ("true", "false"):
+                raise ValueError(value)
+            parsed = value.lower() == "true" if kind is bool else kind(value)
+        except ValueError:
+            parser.error(f"--set {item}: {name} takes a {kind.__name__}" + (" (true or false)" if kind is bool else ""))
+        plan = replace(plan, **{name: parsed})
     tokenizer = load_t5_tokenizer(tokenizer_dir)
     started = time.perf_counter()
     vae = None
