@@ -5,15 +5,14 @@ trained here is written in the released layouts and loaded by the ordinary loade
 tiny T5 with the real T5 tokenizer, started from its seeded random weights and first taught to parse the world's
 prompts (`shapes_text.pretrain_t5`): a random T5 gives every word its own vector but leaves it blind to its
 neighbours, so "red" is not bound to "circle" or to "left" in a three-shape prompt. It is then frozen (or trained
-along with the DiT, `TrainPlan.train_t5`). Determinism: one seed drives data, initialisation and noise; torch runs
+along with the DiT, `TrainPlan.train_t5`). The DiT's loss adds attention grounding (`shapes_grounding`: each
+phrase's cross-attention kept inside its shape, as TokenCompose does) to the DDPM objective. Determinism: one seed drives data, initialisation and noise; torch runs
 single-process with a fixed thread count (results can still differ across CPUs by float rounding).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,8 +24,10 @@ from torch import Tensor
 
 from .ddpm_loss import DDPMSchedule, learned_sigma_loss
 from .shapes_data import edge_map, held_out_seeds, make_scene
+from .shapes_optim import lr_at, optimise, progress, set_lr
+from .shapes_grounding import grounding_loss, grounding_targets, recording, token_regions
 from .shapes_judge import judge_scene
-from .shapes_text import phrase_targets, pretrain_t5
+from .shapes_text import CAPTION_TOKENS, Captions, phrase_targets, pretrain_t5
 from .t5 import TINY_T5_CONFIG, tiny_t5_state_dict
 from .transformers import TINY_HEAD_DIM
 from ..controlnet.model import PixArtControlNet
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 VAE_WIDTHS = (16, 32, 32, 64)  # narrow full-resolution levels keep CPU training in minutes
 VAE_GROUPS = 2  # GroupNorm of 2-channel groups reduces a flat colour to a sign: colours then drift (measured)
-CAPTION_TOKENS = 48  # longest world prompt is ~36 T5 tokens; padding is masked, so any length gives the same result
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class TrainPlan:
     vae_lr: float = 1e-3
     vae_shape_weight: float = 8.0  # extra loss weight near shapes and edges (they are a few % of the pixels)
     vae_kl_weight: float = 1e-6
+    vae_latent_noise: float = 0.2  # extra latent noise while the VAE trains, in units of the latents' std
+    vae_decoder_steps: int = 400  # then the decoder alone, on noisy latents (train_vae)
+    vae_decoder_noise: float = 0.15  # that noise, in units of the latents' standard deviation
     edge_fraction: float = 0.25  # share of edge maps in the VAE's batches (the ControlNet's inputs)
     depth: int = 6
     heads: int = 2
@@ -65,6 +68,7 @@ class TrainPlan:
     warmup: int = 100
     ema_decay: float = 0.998
     caption_drop: float = 0.1  # empty-prompt rows, for classifier-free guidance with negative prompt ""
+    grounding_weight: float = 0.1  # weight of the phrase-attention grounding loss (shapes_grounding), 0: none
     eps_max_weight: float = 10.0  # ε loss weight min(1/ᾱ_t, this) (ddpm_loss.learned_sigma_loss)
     t5_parse_steps: int = 600  # the T5 first learns to parse the prompts (shapes_text.pretrain_t5)
     t5_parse_batch: int = 64
@@ -78,9 +82,9 @@ class TrainPlan:
 
     def quick(self) -> "TrainPlan":
         """A few steps of everything (what the test runs)."""
-        return replace(self, scenes=48, vae_steps=3, vae_batch=4, vae_crop=32, dit_steps=3, dit_batch=8, warmup=1,
-                       control_steps=2, control_batch=4, depth=2, control_blocks=1, t5_parse_steps=3,
-                       t5_parse_batch=4)
+        return replace(self, scenes=48, vae_steps=3, vae_decoder_steps=2, vae_batch=4, vae_crop=32, dit_steps=3,
+                       dit_batch=8, warmup=1, control_steps=2, control_batch=4, depth=2, control_blocks=1,
+                       t5_parse_steps=3, t5_parse_batch=4)
 
 
 def dit_config(plan: TrainPlan) -> PixArtConfig:
@@ -111,7 +115,7 @@ def to_unit(images: np.ndarray) -> Tensor:
 
 def render_dataset(plan: TrainPlan) -> dict:
     """Images, edge maps and prompts of the training scenes (seeds 0..plan.scenes-1)."""
-    images, edges, shapes, prompts, layouts = [], [], [], [], []
+    images, edges, shapes, prompts, layouts, regions = [], [], [], [], [], []
     for seed in range(plan.scenes):
         scene = make_scene(seed, plan.size)
         layouts.append((scene.background, scene.shapes))
@@ -119,56 +123,73 @@ def render_dataset(plan: TrainPlan) -> dict:
         edges.append(edge_map(scene))
         shapes.append((scene.masks.max(axis=0) * 255).astype(np.uint8))  # [S, S] any shape's coverage
         prompts.append(scene.prompt)
+        regions.append(token_regions(scene.masks, plan.size // 16))  # [G, tokens]: 8x VAE, patch 2
     return {"images": np.stack(images), "edges": np.stack(edges), "shapes": np.stack(shapes), "prompts": prompts,
-            "layouts": layouts}
+            "layouts": layouts, "regions": np.stack(regions)}
 
 
-def _lr_at(step: int, plan_lr: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return plan_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return plan_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+def _vae_batch(plan: TrainPlan, data: dict, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A random crop of scenes and edge maps [b, 3, c, c] in -1..1, and its loss weight [b, 1, c, c]."""
+    images, edges = data["images"], data["edges"]  # uint8 [N, S, S, 3] each, converted per batch
+    index = torch.randint(0, images.shape[0], (plan.vae_batch,), generator=generator)  # [b]
+    use_edge = torch.rand(plan.vae_batch, generator=generator) < plan.edge_fraction  # [b]
+    rows, edge_rows = index.numpy(), use_edge.numpy()
+    batch = to_unit(np.where(edge_rows[:, None, None, None], edges[rows], images[rows]))  # [b, 3, S, S]
+    near = np.where(edge_rows[:, None, None], edges[rows][..., 0], data["shapes"][rows])  # [b, S, S]
+    near = F.max_pool2d(torch.from_numpy(near).float()[:, None] / 255.0, 5, 1, 2)  # [b, 1, S, S] dilated
+    weight = 1.0 + plan.vae_shape_weight * near  # [b, 1, S, S]
+    top, left = (int(v) * 8 for v in torch.randint(0, (plan.size - plan.vae_crop) // 8 + 1, (2,),
+                                                    generator=generator))
+    crop = (slice(None), slice(None), slice(top, top + plan.vae_crop), slice(left, left + plan.vae_crop))
+    return batch[crop], weight[crop]  # [b, 3, c, c], [b, 1, c, c]
 
 
-def _progress(phase: str, step: int, total: int, loss: float, started: float) -> None:
-    if step == total - 1 or step % max(1, total // 20) == 0:
-        log.info("%s step %d/%d loss %.4f (%.0f s)", phase, step + 1, total, loss, time.perf_counter() - started)
+def _reconstruction_loss(recon: Tensor, batch: Tensor, weight: Tensor) -> Tensor:
+    error = (recon - batch).abs() + (recon - batch).pow(2)  # [b, 3, c, c] L1 + MSE
+    return (error * weight).mean() / weight.mean()
 
 
 def train_vae(plan: TrainPlan, data: dict, generator: torch.Generator) -> AutoencoderKL:
     """Reconstruction (L1 + MSE, weighted up near shapes and edges) with a light KL on the posterior, on random
-    crops of scenes and edge maps."""
+    crops of scenes and edge maps. The latents are sampled with extra noise of `plan.vae_latent_noise` times their
+    spread: without it the encoder packs the palette close together (red/orange, blue/purple 0.67 std apart,
+    measured), and the DiT's small errors then swap colours. Then `plan.vae_decoder_steps` of the decoder alone
+    on posterior means plus noise of `plan.vae_decoder_noise` times their spread, so that it also decodes the DiT's
+    inexact latents to clean colours (the encoder, and so the latents the DiT learns, stay as they were)."""
     vae = AutoencoderKL(vae_config())
     optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, weight_decay=0.0)
-    images, edges = data["images"], data["edges"]  # uint8 [N, S, S, 3] each, converted per batch
     started = time.perf_counter()
     for step in range(plan.vae_steps):
-        index = torch.randint(0, images.shape[0], (plan.vae_batch,), generator=generator)  # [b]
-        use_edge = torch.rand(plan.vae_batch, generator=generator) < plan.edge_fraction  # [b]
-        rows, edge_rows = index.numpy(), use_edge.numpy()
-        batch = to_unit(np.where(edge_rows[:, None, None, None], edges[rows], images[rows]))  # [b, 3, S, S]
-        near = np.where(edge_rows[:, None, None], edges[rows][..., 0], data["shapes"][rows])  # [b, S, S]
-        near = F.max_pool2d(torch.from_numpy(near).float()[:, None] / 255.0, 5, 1, 2)  # [b, 1, S, S] dilated
-        weight = 1.0 + plan.vae_shape_weight * near  # [b, 1, S, S]
-        top, left = (int(v) * 8 for v in torch.randint(0, (plan.size - plan.vae_crop) // 8 + 1, (2,),
-                                                        generator=generator))
-        batch = batch[:, :, top:top + plan.vae_crop, left:left + plan.vae_crop]  # [b, 3, c, c]
-        weight = weight[:, :, top:top + plan.vae_crop, left:left + plan.vae_crop]  # [b, 1, c, c]
+        batch, weight = _vae_batch(plan, data, generator)  # [b, 3, c, c], [b, 1, c, c]
         moments = vae._moments(batch)  # [b, 8, h, w]
         mean, logvar = moments.chunk(2, dim=1)  # [b, 4, h, w]
         logvar = logvar.clamp(-30.0, 20.0)
         noise = torch.randn(mean.shape, generator=generator)  # [b, 4, h, w]
         latent = mean + torch.exp(0.5 * logvar) * noise  # [b, 4, h, w]
-        recon = vae._decode(latent)  # [b, 3, S, S]
+        if plan.vae_latent_noise > 0:  # in units of the latents' spread: colours must lie further apart than it
+            spread = mean.detach().std()
+            latent = latent + plan.vae_latent_noise * spread * torch.randn(mean.shape, generator=generator)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean()
-        error = (recon - batch).abs() + (recon - batch).pow(2)  # [b, 3, c, c] L1 + MSE
-        loss = (error * weight).mean() / weight.mean() + plan.vae_kl_weight * kl
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, plan.vae_lr, plan.warmup, plan.vae_steps)
+        loss = _reconstruction_loss(vae._decode(latent), batch, weight) + plan.vae_kl_weight * kl
+        set_lr(optimizer, lr_at(step, plan.vae_lr, plan.warmup, plan.vae_steps))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _progress("vae", step, plan.vae_steps, loss.item(), started)
+        progress("vae", step, plan.vae_steps, loss.item(), started)
+    decoder = [p for name, p in vae.named_parameters() if name.startswith(("decoder.", "post_quant_conv."))]
+    optimizer = torch.optim.AdamW(decoder, lr=plan.vae_lr, weight_decay=0.0)
+    started = time.perf_counter()
+    for step in range(plan.vae_decoder_steps):
+        batch, weight = _vae_batch(plan, data, generator)  # [b, 3, c, c], [b, 1, c, c]
+        with torch.no_grad():
+            mean = vae._moments(batch).chunk(2, dim=1)[0]  # [b, 4, h, w]
+        latent = mean + plan.vae_decoder_noise * mean.std() * torch.randn(mean.shape, generator=generator)
+        loss = _reconstruction_loss(vae._decode(latent), batch, weight)
+        set_lr(optimizer, lr_at(step, plan.vae_lr, plan.warmup, plan.vae_decoder_steps) * 0.3)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress("vae decoder", step, plan.vae_decoder_steps, loss.item(), started)
     return vae.eval().requires_grad_(False)
 
 
@@ -177,56 +198,6 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch: int = 64) -> T
     """Posterior means [N, 4, S/8, S/8] (unscaled) of uint8 images."""
     out = [vae.encode(to_unit(images[i:i + batch])) for i in range(0, len(images), batch)]
     return torch.cat(out)  # [N, 4, h, w]
-
-
-@dataclass
-class Captions:
-    """Per training prompt (lower-cased as pipelines do) its token ids [N, CAPTION_TOKENS], or after `features`
-    its T5 features [N, CAPTION_TOKENS, C], and its mask; the empty prompt's row and mask stand in for
-    classifier-free guidance's dropped rows."""
-
-    rows: Tensor
-    mask: Tensor
-    empty_row: Tensor
-    empty_mask: Tensor
-
-    @classmethod
-    def tokenize(cls, tokenizer, prompts: list[str]) -> "Captions":
-        ids, mask = tokenizer([p.lower().strip() for p in prompts], max_length=CAPTION_TOKENS)  # [N, L] each
-        empty_ids, empty_mask = tokenizer([""], max_length=CAPTION_TOKENS)  # [1, L] each
-        return cls(ids, mask, empty_ids[0], empty_mask[0])
-
-    def dropped(self, index: Tensor, rate: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Rows (ids [b, L] or features [b, L, C]) and masks [b, L] of prompts `index`, each replaced by the empty
-        prompt with probability `rate`."""
-        drop = torch.rand(index.shape[0], generator=generator) < rate  # [b]
-        shape = (-1,) + (1,) * (self.rows.dim() - 1)
-        rows = torch.where(drop.view(shape), self.empty_row, self.rows[index])  # [b, L] or [b, L, C]
-        return rows, torch.where(drop[:, None], self.empty_mask, self.mask[index])
-
-    @torch.no_grad()
-    def features(self, t5: T5Encoder, batch: int = 256) -> "Captions":
-        """The same captions as the frozen T5's masked features [N, L, C] (and the empty prompt's [L, C]), so
-        `dropped` hands out contexts instead of token ids."""
-        out = [t5(self.rows[i:i + batch], self.mask[i:i + batch]) * self.mask[i:i + batch, :, None]
-               for i in range(0, self.rows.shape[0], batch)]
-        empty = t5(self.empty_row[None], self.empty_mask[None])[0] * self.empty_mask[:, None]  # [L, C]
-        return Captions(torch.cat(out), self.mask, empty, self.empty_mask)
-
-
-class EMA:
-    """Exponential moving average of a module's parameters (warm-started: decay min(d, (1+n)/(10+n)))."""
-
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.shadow = copy.deepcopy(module).requires_grad_(False)
-        self.decay, self.updates = decay, 0
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema, live in zip(self.shadow.parameters(), module.parameters()):
-            ema.lerp_(live.detach(), 1.0 - decay)
 
 
 def _diffusion_step(model: PixArtTransformer, schedule: DDPMSchedule, x0: Tensor, context: Tensor, mask: Tensor,
@@ -239,32 +210,24 @@ def _diffusion_step(model: PixArtTransformer, schedule: DDPMSchedule, x0: Tensor
     return mse + vb
 
 
-def _optimise(phase: str, module: torch.nn.Module, steps: int, lr: float, warmup: int, ema_decay: float,
-              loss_at: Callable[[int], Tensor], snapshot: Callable[[int, torch.nn.Module], None] | None = None
-              ) -> torch.nn.Module:
-    """AdamW with warm-up and cosine decay, gradient clipping at 1 and an EMA; returns the EMA copy."""
-    ema = EMA(module, ema_decay)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
-    started = time.perf_counter()
-    for step in range(steps):
-        loss = loss_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, lr, warmup, steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
-        ema.update(module)
-        _progress(phase, step, steps, loss.item(), started)
-        if snapshot is not None and (step + 1) % 500 == 0:
-            snapshot(step + 1, ema.shadow)
-    return ema.shadow.eval()
+def _grounded_step(plan: TrainPlan, model: PixArtTransformer, schedule: DDPMSchedule, x0: Tensor, context: Tensor,
+                   mask: Tensor, generator: torch.Generator, grounding: dict, index: Tensor, drop: Tensor) -> Tensor:
+    """`_diffusion_step` plus `plan.grounding_weight` times the grounding loss of the prompts kept (not dropped)."""
+    if plan.grounding_weight <= 0:
+        return _diffusion_step(model, schedule, x0, context, mask, generator, plan.eps_max_weight)
+    with recording(model) as recorder:
+        loss = _diffusion_step(model, schedule, x0, context, mask, generator, plan.eps_max_weight)
+    valid = grounding["valid"][index] & ~drop[:, None]  # [b, G]
+    return loss + plan.grounding_weight * grounding_loss(recorder.maps, grounding["members"][index],
+                                                         grounding["regions"][index], valid)
 
 
 def train_dit(plan: TrainPlan, latents: Tensor, captions: Captions, t5: T5Encoder, generator: torch.Generator,
-              snapshot: Callable[[int, PixArtTransformer], None] | None = None) -> tuple[PixArtTransformer, T5Encoder]:
-    """The DDPM ε + variational-bound objective on scaled latents, the T5 trained along when `plan.train_t5`;
-    returns the EMA weights of both."""
+              snapshot: Callable[[int, PixArtTransformer], None] | None = None,
+              grounding: dict | None = None) -> tuple[PixArtTransformer, T5Encoder]:
+    """The DDPM ε + variational-bound objective on scaled latents, plus the phrase grounding loss
+    (`grounding_targets` of the same prompts; needed when `plan.grounding_weight` > 0), the T5 trained along when
+    `plan.train_t5`; returns the EMA weights of both."""
     model = PixArtTransformer(dit_config(plan)).train()
     _init_dit(model)
     schedule = DDPMSchedule()
@@ -273,10 +236,11 @@ def train_dit(plan: TrainPlan, latents: Tensor, captions: Captions, t5: T5Encode
 
         def loss_at(step: int) -> Tensor:
             index = torch.randint(0, latents.shape[0], (plan.dit_batch,), generator=generator)  # [b]
-            context, mask = features.dropped(index, plan.caption_drop, generator)  # [b, L, C], [b, L]
-            return _diffusion_step(model, schedule, latents[index], context, mask, generator, plan.eps_max_weight)
+            context, mask, drop = features.dropped(index, plan.caption_drop, generator)  # [b, L, C], [b, L], [b]
+            return _grounded_step(plan, model, schedule, latents[index], context, mask, generator, grounding,
+                                  index, drop)
 
-        dit = _optimise("dit", model, plan.dit_steps, plan.dit_lr, plan.warmup, plan.ema_decay, loss_at, snapshot)
+        dit = optimise("dit", model, plan.dit_steps, plan.dit_lr, plan.warmup, plan.ema_decay, loss_at, snapshot)
         return dit, t5
 
     t5.requires_grad_(True)
@@ -284,12 +248,13 @@ def train_dit(plan: TrainPlan, latents: Tensor, captions: Captions, t5: T5Encode
 
     def pair_loss_at(step: int) -> Tensor:
         index = torch.randint(0, latents.shape[0], (plan.dit_batch,), generator=generator)  # [b]
-        ids, mask = captions.dropped(index, plan.caption_drop, generator)  # [b, L] each
+        ids, mask, drop = captions.dropped(index, plan.caption_drop, generator)  # [b, L] each, [b]
         context = t5(ids, mask) * mask[..., None]  # [b, L, C]
-        return _diffusion_step(model, schedule, latents[index], context, mask, generator, plan.eps_max_weight)
+        return _grounded_step(plan, model, schedule, latents[index], context, mask, generator, grounding, index,
+                              drop)
 
     pair_snapshot = None if snapshot is None else (lambda step, ema: snapshot(step, ema["dit"]))
-    trained = _optimise("dit", pair, plan.dit_steps, plan.dit_lr, plan.warmup, plan.ema_decay, pair_loss_at,
+    trained = optimise("dit", pair, plan.dit_steps, plan.dit_lr, plan.warmup, plan.ema_decay, pair_loss_at,
                         pair_snapshot)
     return trained["dit"], trained["t5"].requires_grad_(False)
 
@@ -322,12 +287,12 @@ def train_controlnet(plan: TrainPlan, model: PixArtTransformer, latents: Tensor,
 
     def loss_at(step: int) -> Tensor:
         index = torch.randint(0, latents.shape[0], (plan.control_batch,), generator=generator)  # [b]
-        context, mask = features.dropped(index, plan.control_caption_drop, generator)  # [b, L, C], [b, L]
+        context, mask, _ = features.dropped(index, plan.control_caption_drop, generator)  # [b, L, C], [b, L]
         controls = [(net, control_latents[index], 1.0)]
         return _diffusion_step(model, schedule, latents[index], context, mask, generator, plan.eps_max_weight,
                                controls=controls)
 
-    return _optimise("controlnet", net, plan.control_steps, plan.control_lr, min(plan.warmup, plan.control_steps),
+    return optimise("controlnet", net, plan.control_steps, plan.control_lr, min(plan.warmup, plan.control_steps),
                      plan.ema_decay, loss_at)
 
 
@@ -383,7 +348,8 @@ def run(plan: TrainPlan, tokenizer, on_phase: Callable[[str, float], None] | Non
                 plan.t5_parse_lr, generator)
     phase("t5", started)
     started = time.perf_counter()
-    dit, t5 = train_dit(plan, latents, captions, t5, generator, snapshot)
+    grounding = grounding_targets(tokenizer, data["layouts"], data["regions"], CAPTION_TOKENS)
+    dit, t5 = train_dit(plan, latents, captions, t5, generator, snapshot, grounding)
     phase("dit", started)
     started = time.perf_counter()
     controlnet = train_controlnet(plan, dit, latents, control_latents, captions, t5, generator)

@@ -1,0 +1,91 @@
+"""Attention grounding for the shapes world's DiT: each phrase's cross-attention kept inside its own shape.
+
+The diffusion loss alone teaches a tiny DiT slowly which phrase an image token should read ("a red circle on the
+left" for the tokens on the left): colours get swapped between shapes long after places are right. The shapes
+world knows every shape's mask, so training adds TokenCompose's token loss (arXiv:2312.03626, §3.2): for each
+phrase with ground-truth region R, the share of the phrase's attention that falls inside R,
+``inside = Σ_p A(p)·R(p) / Σ_p A(p)``, is pushed to 1 by ``(1 - inside)²``. A is the cross-attention of image
+tokens over the phrase's caption tokens, averaged over heads and blocks (what `capture_attention` reports); R is
+the shape's coverage of each token cell (for the background phrase, what no shape covers). The loss only trains
+the weights; the model and its layout are the ordinary PixArt ones.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .shapes_text import phrase_spans
+
+MAX_SHAPES = 3  # shapes_data draws 1-3 shapes
+GROUPS = MAX_SHAPES + 1  # each shape's phrase, then the background phrase (last)
+
+
+def token_regions(masks: np.ndarray, grid: int) -> np.ndarray:
+    """float32 [GROUPS, grid*grid]: coverage of each token cell by each shape (masks [K, S, S], 0..1, K <= 3;
+    rows of absent shapes are zero), and in the last row what no shape covers."""
+    size = masks.shape[-1]
+    cell = size // grid
+    pooled = masks.reshape(masks.shape[0], grid, cell, grid, cell).mean(axis=(2, 4))  # [K, g, g]
+    regions = np.zeros((GROUPS, grid * grid), np.float32)
+    regions[:masks.shape[0]] = pooled.reshape(masks.shape[0], -1)
+    regions[-1] = np.clip(1.0 - regions[:MAX_SHAPES].sum(axis=0), 0.0, 1.0)
+    return regions
+
+
+@torch.no_grad()
+def grounding_targets(tokenizer, layouts: list, regions: np.ndarray, length: int) -> dict[str, Tensor]:
+    """Per scene: which caption tokens belong to each phrase (bool [N, GROUPS, length]), each phrase's region
+    (float [N, GROUPS, tokens]) and which phrases exist (bool [N, GROUPS]). `layouts` holds (background, specs)."""
+    members = np.zeros((len(layouts), GROUPS, length), bool)
+    valid = np.zeros((len(layouts), GROUPS), bool)
+    for row, (background, specs) in enumerate(layouts):
+        *shape_spans, background_span = phrase_spans(tokenizer, background, specs)
+        for group, (start, stop) in list(enumerate(shape_spans)) + [(GROUPS - 1, background_span)]:
+            members[row, group, start:stop] = True
+            valid[row, group] = True
+    return {"members": torch.from_numpy(members), "regions": torch.from_numpy(regions),
+            "valid": torch.from_numpy(valid)}
+
+
+class GroundingRecorder:
+    """Takes an `AttentionRecorder`'s place on cross-attention modules during training: keeps each block's
+    head-mean probabilities [B, N, L'] with their autograd graph."""
+
+    def __init__(self) -> None:
+        self.maps: list[Tensor] = []
+
+    def record(self, q: Tensor, k: Tensor, keep: Tensor | None) -> None:
+        """q [B, H, N, d], k [B, H, L', d], keep bool [B, 1, 1, L'] or None."""
+        logits = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, N, L']
+        if keep is not None:
+            logits = logits.masked_fill(~keep, float("-inf"))  # [B, H, N, L']
+        self.maps.append(torch.softmax(logits, dim=-1).mean(dim=1))  # [B, N, L']
+
+
+@contextmanager
+def recording(model):
+    """`with recording(model) as recorder: model(...)`: every block's cross-attention lands in `recorder.maps`."""
+    recorder = GroundingRecorder()
+    modules = [block.cross_attn for block in model.blocks]
+    for module in modules:
+        module.recorder = recorder
+    try:
+        yield recorder
+    finally:
+        for module in modules:
+            module.recorder = None
+
+
+def grounding_loss(maps: list[Tensor], members: Tensor, regions: Tensor, valid: Tensor) -> Tensor:
+    """Mean of (1 - inside)² over the valid phrases: maps [B, N, L'] per block, members bool [B, G, L],
+    regions [B, G, N], valid bool [B, G]. Caption columns the model cut (padding past L') hold no phrase."""
+    attention = torch.stack(maps).mean(dim=0)  # [B, N, L']
+    length = attention.shape[-1]
+    phrase = torch.matmul(attention, members[..., :length].transpose(1, 2).to(attention.dtype))  # [B, N, G]
+    inside = (phrase * regions.transpose(1, 2)).sum(dim=1) / phrase.sum(dim=1).clamp_min(1e-6)  # [B, G]
+    weight = valid.to(attention.dtype)  # [B, G]
+    return ((1.0 - inside).pow(2) * weight).sum() / weight.sum().clamp_min(1.0)
