@@ -58,7 +58,8 @@ def nodes(pack, user_models_dir):
 @pytest.fixture(scope="module")
 def sigma(nodes):
     """(model, t5, positive, negative) from the nodes: the tiny Σ-1024 and T5, "A Red Fox in snow" vs ""."""
-    model, _ = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
+    # fp32, not auto: auto is bf16 on CPUs with native bf16, and the node tests compare with fp32 references
+    model, _ = nodes["AtelierModelLoader"]().load("PixArt-Sigma-XL-2-1024-MS.pth", "fp32")["result"]
     t5 = nodes["AtelierT5Loader"]().load("t5xxl_fp16.safetensors", "fp32", "cpu")[0]
     positive, negative = nodes["AtelierT5TextEncode"]().encode(t5, model, "A Red Fox in snow", "")
     return model, t5, positive, negative

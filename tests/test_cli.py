@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from pixart_core.__main__ import main
+from pixart_core.dtypes import default_dtype
 from pixart_core.pipeline import PixArtPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +29,9 @@ def test_generate_from_a_pipeline_folder_in_a_subprocess(tiny_suite, tmp_path):
     with Image.open(out) as image:
         assert image.size == (384, 256) and image.format == "PNG"
         written = np.asarray(image.convert("RGB"), dtype=np.int16)  # [H, W, 3]
-    # the library, same model, prompt, size, steps and the CLI's default seed 0: the same picture
-    pipe = PixArtPipeline.from_pretrained(tiny_suite / "pipelines" / "sigma-256")
+    # the library, same model, prompt, size, steps, the CLI's default seed 0 and default dtype (bf16 on a CPU
+    # with native bf16, else fp32): the same picture
+    pipe = PixArtPipeline.from_pretrained(tiny_suite / "pipelines" / "sigma-256", dtype=default_dtype("cpu"))
     (reference,) = pipe("a fox", height=256, width=384, num_inference_steps=3, seed=0)
     expected = np.asarray(reference, dtype=np.int16)  # [H, W, 3]
     assert np.abs(written - expected).max() <= 1  # one 8-bit level: float rounding across processes

@@ -42,8 +42,8 @@ def test_model_loader_reports_detected_variant(nodes):
     from pixart_atelier.pixart_core.pixart.load import load_transformer
 
     path = host.model_path("diffusion_models", "PixArt-Sigma-XL-2-1024-MS.pth")
-    model, summary = loader.load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]
-    reference = load_transformer(path, dtype=torch.float32)
+    model, summary = loader.load("PixArt-Sigma-XL-2-1024-MS.pth")["result"]  # dtype auto: the CPU's default
+    reference = load_transformer(path, dtype=host.default_dtype(torch.device("cpu")))
     assert summary == reference.detection.summary() and model.config == reference.config
     ours = model.handle.module.state_dict()
     assert ours.keys() == reference.state_dict().keys()
