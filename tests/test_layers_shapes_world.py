@@ -12,6 +12,10 @@ from pixart_core.testing import shapes_world as world
 from pixart_core.testing.shapes_data import BACKGROUND_PHRASES, allowed_colours, describe, extent
 from pixart_core.testing.shapes_judge import colour_mask, mask_iou
 
+LAYOUTS = 20
+BOX_MARGIN = 1.3  # box half side = the shape's extent times this
+INSIDE_SHARE, LAYER_SHARE, ALPHA_IOU = 0.8, 0.8, 0.7
+
 
 def layout_of(scene) -> dict:
     """The scene's shapes as layers, each in a box around the shape, bottom to top in drawing order."""

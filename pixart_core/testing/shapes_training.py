@@ -62,7 +62,7 @@ class TrainPlan:
     edge_fraction: float = 0.25  # share of edge maps in the VAE's batches (the ControlNet's inputs)
     depth: int = 6
     heads: int = 2
-    dit_steps: int = 4500
+    dit_steps: int = 6500
     dit_batch: int = 32
     dit_lr: float = 6e-4
     warmup: int = 100
@@ -75,7 +75,7 @@ class TrainPlan:
     t5_parse_lr: float = 3e-3
     train_t5: bool = False  # also train the (parsed) T5 with the DiT; frozen, its features are computed once
     control_blocks: int = 3
-    control_steps: int = 700
+    control_steps: int = 1000
     control_batch: int = 32
     control_lr: float = 3e-4
     control_caption_drop: float = 0.3
