@@ -100,7 +100,7 @@ def sigma_pipe(tiny_suite):
     return PixArtPipeline.from_pretrained(tiny_suite / "pipelines" / "sigma-256")
 
 
-SHAPES_WORLD_MISSING = ("the trained shapes world is not committed yet (issue #8: the figures are not reached); "
+SHAPES_WORLD_MISSING = ("the trained shapes world (tests/fixtures/shapes_world) is missing from this checkout; "
                         "train it with tools/train_shapes_world.py --out tests/fixtures/shapes_world")
 
 

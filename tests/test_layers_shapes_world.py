@@ -1,7 +1,8 @@
 """Layered generation in the shapes world (issue #10, item 8): over 20 held-out layouts of 2-4 boxes, each a
 shape prompt, the shapes land in their boxes, each layer's alpha covers its shape, and regenerating a layer with
-another colour changes that layer's colour and no other layer's pixels. Skipped until the trained fixture
-(tests/fixtures/shapes_world) is committed."""
+another colour changes that layer's colour and no other layer's pixels. The committed fixture
+(tests/fixtures/shapes_world) is short of the first two targets: they are strict xfails, and floors measured on the
+fixture guard against regressions; that other layers keep their pixels holds exactly."""
 
 from __future__ import annotations
 
@@ -61,7 +62,13 @@ def visible_alphas(stack) -> list[np.ndarray]:
     return out
 
 
-def test_shapes_land_in_their_boxes_and_alpha_covers_them(scenes, generated):
+SHORT_OF_TARGET = ("issue #10 item 8 waits on issue #8: the committed shapes world is short of this target "
+                   "(README of tests/fixtures/shapes_world)")
+
+
+@pytest.fixture(scope="module")
+def placed(scenes, generated):
+    """Per foreground layer: is >= INSIDE_SHARE of its colour mask inside its box, and its alpha's IoU with it."""
     inside_ok, ious = [], []
     for scene, stack in zip(scenes, generated):
         image = np.asarray(stack.composite)
@@ -70,25 +77,51 @@ def test_shapes_land_in_their_boxes_and_alpha_covers_them(scenes, generated):
             region = box_region(layer.box, scene.size)
             inside_ok.append(mask.sum() > 0 and (mask & region).sum() >= INSIDE_SHARE * mask.sum())
             ious.append(mask_iou(alpha > 0.5, mask & region))
-    assert np.mean(inside_ok) >= LAYER_SHARE, f"{np.mean(inside_ok):.2f} of the layers inside their boxes"
-    assert min(ious) >= ALPHA_IOU, f"alpha IoU with the colour masks: min {min(ious):.2f}, mean {np.mean(ious):.2f}"
+    return np.array(inside_ok), np.array(ious)
 
 
-def test_regenerating_a_layer_with_another_colour(world_pipe, scenes, generated):
+@pytest.fixture(scope="module")
+def regenerated(world_pipe, scenes, generated):
+    """(scene, old stack, new stack, old colour, new colour) for the first 5 layouts, layer 1 recoloured."""
+    out = []
     for index, (scene, stack) in enumerate(zip(scenes[:5], generated[:5])):
-        target = 1
-        spec = scene.shapes[target - 1]
+        spec = scene.shapes[0]
         used = {shape.colour for shape in scene.shapes}
         colour = next(c for c in allowed_colours(scene.background) if c not in used)
         prompt = describe(type(spec)(spec.shape, colour, spec.place, spec.cx, spec.cy, spec.radius))
-        new = world_pipe.regenerate_layer(stack, target, prompt=prompt, seed=100 + index,
-                                    num_inference_steps=world.STEPS, guidance_scale=world.GUIDANCE)
+        new = world_pipe.regenerate_layer(stack, 1, prompt=prompt, seed=100 + index,
+                                          num_inference_steps=world.STEPS, guidance_scale=world.GUIDANCE)
+        out.append((scene, stack, new, spec.colour, colour))
+    return out
+
+
+def test_layers_hold_the_fixtures_figures(placed):
+    inside_ok, ious = placed
+    assert len(inside_ok) >= 40  # 20 layouts of 2-3 shapes
+    assert inside_ok.mean() >= 0.35, f"{inside_ok.mean():.2f} of the layers inside their boxes"  # measured 0.50
+    assert ious.mean() >= 0.15, f"mean alpha IoU with the colour masks {ious.mean():.2f}"  # measured 0.24
+
+
+@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET)
+def test_shapes_land_in_their_boxes_and_alpha_covers_them(placed):
+    inside_ok, ious = placed
+    assert inside_ok.mean() >= LAYER_SHARE, f"{inside_ok.mean():.2f} of the layers inside their boxes"
+    assert ious.min() >= ALPHA_IOU, f"alpha IoU with the colour masks: min {ious.min():.2f}, mean {ious.mean():.2f}"
+
+
+def test_regenerating_a_layer_leaves_every_other_layers_pixels(regenerated):
+    for scene, stack, new, _, _ in regenerated:
         for position, (old, fresh) in enumerate(zip(stack.layers, new.layers)):
-            if position != target:
-                assert np.array_equal(np.asarray(old.image), np.asarray(fresh.image)), (index, old.name)
-        region = box_region(stack.layers[target].box, scene.size)
+            if position != 1:
+                assert np.array_equal(np.asarray(old.image), np.asarray(fresh.image)), (scene.prompt, old.name)
+
+
+@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 1 of 10 layers took the new colour")
+def test_regenerating_a_layer_with_another_colour_recolours_it(regenerated):
+    for scene, stack, new, old_colour, colour in regenerated:
+        region = box_region(stack.layers[1].box, scene.size)
         before, after = np.asarray(stack.composite), np.asarray(new.composite)
-        old_before = (colour_mask(before, spec.colour) & region).sum()
-        old_after = (colour_mask(after, spec.colour) & region).sum()
+        old_before = (colour_mask(before, old_colour) & region).sum()
+        old_after = (colour_mask(after, old_colour) & region).sum()
         new_after = (colour_mask(after, colour) & region).sum()
-        assert new_after > old_after and new_after >= 0.5 * old_before, (index, spec.colour, colour)
+        assert new_after > old_after and new_after >= 0.5 * old_before, (scene.prompt, old_colour, colour)

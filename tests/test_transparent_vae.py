@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pixart_core.errors import CheckpointError
-from pixart_core.rgba import (FAMILIES, RELEASED_FILES, TransparentUNet, TransparentUNetConfig, family_from_name,
+from pixart_core.rgba import (FAMILIES, RELEASED_FILES, TransparentUNet, family_from_name,
                               grey_composite, load_transparent_decoder, load_transparent_encoder, pad_rgb)
 from pixart_core.rgba.transparent_encoder import LatentTransparencyOffsetEncoder
 from pixart_core.testing.files import save_safetensors
