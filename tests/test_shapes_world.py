@@ -145,7 +145,7 @@ def test_attention_of_a_shapes_words_overlaps_that_shape(attention):
 
 
 def test_controlnet_holds_the_fixtures_figure(control):
-    assert control["iou"] >= 0.18, control  # measured 0.265
+    assert control["iou"] >= 0.25, control  # measured 0.334
 
 
 @pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET)
@@ -153,7 +153,7 @@ def test_controlnet_makes_the_picture_follow_the_layout_edges(control):
     assert control["iou"] >= 0.7, control
 
 
-@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured over 10 layouts: IoU 0.26 with the edges "
+@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured over 10 layouts: IoU 0.27 with the edges "
                    "against 0.24 without")
 def test_controlnet_changes_the_picture_toward_the_layout(world_pipe):
     """Without the edges the same prompts match the layouts' exact masks worse (the branch does the work)."""
