@@ -89,7 +89,8 @@ def test_cli_generates_from_the_fixture_folder(tmp_path, world_dir):
     result = subprocess.run([sys.executable, "-m", "pixart_core", "generate", "--model", str(world.FIXTURE_DIR),
                              "--prompt", "a yellow square in the centre, on a black background", "--height", "128",
                              "--width", "128", "--no-binning", "--steps", "20", "--batch", "6", "--dtype", "fp32",
-                             "--out", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                             "--out", str(out), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     from PIL import Image
 
@@ -165,8 +166,9 @@ def test_controlnet_changes_the_picture_toward_the_layout(world_pipe):
     assert controlled > plain + 0.1, (plain, controlled)
 
 
-@pytest.mark.xfail(strict=True, reason="issue #9 item 9 waits on issue #8: the world has no shape-free scenes, so Alfie's "
-                   "background branch ('a plain white background') draws noise there (measured alpha IoU 0.00)")
+@pytest.mark.xfail(strict=True, reason="issue #9 item 9 waits on issue #8: the world has no shape-free scenes, "
+                   "so Alfie's background branch ('a plain white background') draws noise there "
+                   "(measured alpha IoU 0.00)")
 def test_transparent_generation_cuts_out_the_drawn_shape(world_pipe):
     """Issue #9 item 9: Alfie-style generation on held-out single shapes; alpha against the colour mask."""
     figures = evaluate.transparency_figures(world_pipe, count=30)
