@@ -116,7 +116,8 @@ def test_regenerating_a_layer_leaves_every_other_layers_pixels(regenerated):
                 assert np.array_equal(np.asarray(old.image), np.asarray(fresh.image)), (scene.prompt, old.name)
 
 
-@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 1 of 10 layers took the new colour")
+@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 1 of the first 10 layouts"
+                   " recoloured its layer")
 def test_regenerating_a_layer_with_another_colour_recolours_it(regenerated):
     for scene, stack, new, old_colour, colour in regenerated:
         region = box_region(stack.layers[1].box, scene.size)
