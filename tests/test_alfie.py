@@ -59,8 +59,11 @@ def test_subject_tokens_are_the_user_words(t5_tokenizer_dir):
     positions = subject_token_positions(tokenizer, prompt, max_length=300)
     own = tokenizer.encode(prompt.lower())[:-1]
     assert positions and max(positions) < len(own) and full[:len(own)] == own  # not the suffix, not </s>
-    pieces = {w: tokenizer.encode(w)[:-1] for w in ("a", "red", "fox", "sitting,")}
-    assert [full[p] for p in positions] == pieces["red"] + pieces["fox"] + pieces["sitting,"]  # not "a", "photo"
+    pieces = {w: tokenizer.encode(w)[:-1] for w in ("a", "red", "fox", "sitting", "sitting,")}
+    assert pieces["sitting,"][:len(pieces["sitting"])] == pieces["sitting"]
+    assert len(pieces["sitting,"]) > len(pieces["sitting"])  # the comma is a piece of its own
+    # not "a", "photo", nor the comma: punctuation draws every image token's attention (a sink)
+    assert [full[p] for p in positions] == pieces["red"] + pieces["fox"] + pieces["sitting"]
     assert positions[0] == len(pieces["a"])
     assert subject_token_positions(tokenizer, "the", 300) == list(range(len(tokenizer.encode("the")) - 1))
     assert max(subject_token_positions(tokenizer, "red fox " * 50, max_length=10)) < 9  # the pipeline keeps L - 1

@@ -179,3 +179,16 @@ def test_should_stop_interrupts_between_steps(sigma_pipe):
     backend = sigma_pipe.layer_backend(should_stop=lambda: calls.append(1) or len(calls) >= 2)
     with pytest.raises(SamplingInterrupted):
         generate_layers(backend, LAYOUT, seed=0, steps=STEPS)
+
+
+def test_a_layers_hint_reads_its_content_words_not_their_punctuation(t5_tokenizer_dir):
+    """Commas draw every image token's attention alike; a layer's hint must not average them in."""
+    from pixart_core.layers.layer_alpha import content_positions
+    from pixart_core.t5 import load_t5_tokenizer
+
+    tokenizer = load_t5_tokenizer(t5_tokenizer_dir)
+    prompt = "a ginger cat, sitting."
+    ids = tokenizer.encode(prompt)[:-1]
+    words = [tokenizer.encode(word)[:-1] for word in ("ginger", "cat", "sitting")]
+    assert [ids[p] for p in content_positions(tokenizer, prompt)] == words[0] + words[1] + words[2]
+    assert content_positions(tokenizer, "the") == list(range(len(tokenizer.encode("the")) - 1))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pixart_core.testing import shapes_world as world
-from pixart_core.testing.shapes_data import BACKGROUND_PHRASES, allowed_colours, describe, extent
+from pixart_core.testing.shapes_data import PLAIN_PROMPTS, allowed_colours, describe, extent
 from pixart_core.testing.shapes_judge import colour_mask, mask_iou
 
 LAYOUTS = 20
@@ -19,7 +19,8 @@ INSIDE_SHARE, LAYER_SHARE, ALPHA_IOU = 0.8, 0.8, 0.7
 
 
 def layout_of(scene) -> dict:
-    """The scene's shapes as layers, each in a box around the shape, bottom to top in drawing order."""
+    """The scene's shapes as layers, each in a box around the shape, bottom to top in drawing order; the
+    background layer's prompt is the world's shape-free one ("a plain grey background")."""
     size = scene.size
     layers = []
     for index, spec in enumerate(scene.shapes):
@@ -28,7 +29,7 @@ def layout_of(scene) -> dict:
                min(size, int(np.ceil(spec.cy + half)))]
         layers.append({"name": f"shape {index}", "prompt": describe(spec), "box": box})
     return {"width": size, "height": size, "prompt": scene.prompt,
-            "background": {"prompt": BACKGROUND_PHRASES[scene.background]}, "layers": layers}
+            "background": {"prompt": PLAIN_PROMPTS[scene.background]}, "layers": layers}
 
 
 @pytest.fixture(scope="module")

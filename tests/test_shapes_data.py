@@ -10,8 +10,8 @@ import pytest
 
 from pixart_core.testing.shapes_data import (BACKGROUNDS, COLOURS, JITTER, PLACE_PHRASES, PLACES, RADIUS_RANGE,
                                              SHAPES, TRAIN_SEEDS, allowed_colours, background_image, edge_map,
-                                             edge_map_of_specs, held_out_seeds, make_scene, render, sample_specs,
-                                             single_shape_scene)
+                                             edge_map_of_specs, held_out_seeds, make_scene, plain_scene, render,
+                                             sample_specs, single_shape_scene)
 from pixart_core.testing.shapes_judge import colour_mask, judge_background, judge_scene, mask_iou
 
 SCENES = [make_scene(seed) for seed in range(200)]
@@ -101,6 +101,20 @@ def test_single_shape_scene_has_one_shape():
         scene = single_shape_scene(seed)
         assert len(scene.shapes) == 1 and scene.masks.shape == (1, 128, 128)
     assert single_shape_scene(5).image.tobytes() == single_shape_scene(5).image.tobytes()
+
+
+def test_plain_scene_is_the_background_alone_with_alfies_background_prompt():
+    from pixart_core.rgba.alfie import BACKGROUND_PROMPT
+
+    scenes = [plain_scene(seed) for seed in range(40)]
+    assert {scene.background for scene in scenes} == set(BACKGROUNDS)
+    for scene in scenes:
+        assert scene.shapes == [] and scene.masks.shape == (0, 128, 128) and scene.boxes == []
+        assert np.array_equal(scene.image, background_image(scene.background))
+        assert not edge_map(scene).any()
+    white = next(scene for scene in scenes if scene.background == "white")
+    assert white.prompt == BACKGROUND_PROMPT  # transparency's background branch is a prompt the world knows
+    assert plain_scene(7).image.tobytes() == plain_scene(7).image.tobytes()
 
 
 def test_judge_passes_the_ground_truth():

@@ -36,6 +36,19 @@ def test_each_phrase_owns_its_own_tokens_and_region(t5_tokenizer_dir):
     np.testing.assert_allclose(grid[:3].sum(0) + grid[3], 1.0, atol=1e-6)  # shapes and background tile the image
 
 
+def test_a_shape_free_scene_has_only_its_background_phrase_over_the_whole_image(t5_tokenizer_dir):
+    tokenizer = load_t5_tokenizer(t5_tokenizer_dir)
+    scene = render("sky blue", [])
+    regions = token_regions(scene.masks, 8)  # [G, 64]
+    targets = grounding_targets(tokenizer, [(scene.background, [])], regions[None], 48)
+    ids = tokenizer.encode(scene.prompt.lower())
+    background = np.flatnonzero(targets["members"][0, -1].numpy())
+    assert ids[background[0]:background[-1] + 1] == ids[:-1] == tokenizer.encode("a plain sky blue background")[:-1]
+    assert targets["valid"][0].tolist() == [False, False, False, True]
+    np.testing.assert_array_equal(regions[-1], 1.0)
+    np.testing.assert_array_equal(regions[:-1], 0.0)
+
+
 def test_loss_is_zero_inside_the_region_and_larger_the_more_attention_strays():
     members = torch.zeros(1, GROUPS, 6, dtype=torch.bool)
     members[0, 0, 1:3] = True  # the shape's phrase is caption tokens 1 and 2

@@ -34,6 +34,14 @@ def test_every_token_of_a_phrase_names_that_phrases_colour_shape_and_place(t5_to
     assert (targets[joint + 1:star + 1, 0] == ATTRIBUTES["colour"].index("blue")).all()
 
 
+def test_a_shape_free_prompt_names_its_background_on_every_token(t5_tokenizer_dir):
+    tokenizer = load_t5_tokenizer(t5_tokenizer_dir)
+    targets = phrase_targets(tokenizer, "black", [], 48)  # "a plain black background"
+    length = len(tokenizer.encode("a plain black background")) - 1
+    assert (targets[:length, 3] == ATTRIBUTES["background"].index("black")).all()
+    assert (targets[:length, :3] == IGNORE).all() and (targets[length:] == IGNORE).all()
+
+
 def test_a_t5_taught_to_parse_tells_left_from_right(t5_tokenizer_dir):
     torch.manual_seed(0)
     tokenizer = load_t5_tokenizer(t5_tokenizer_dir)

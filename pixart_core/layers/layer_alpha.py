@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..rgba.alfie import GENERIC_WORDS, HINT_GAIN, STOP_WORDS
+from ..rgba.alfie import GENERIC_WORDS, HINT_GAIN, STOP_WORDS, core_pieces
 from .latent_regions import box_mask
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ HINT_EDGES = (0.3, 0.7)  # the hint's levels mapped to alpha 0 and 1 when it ser
 
 def content_positions(tokenizer, prompt: str) -> list[int]:
     """Caption positions (within the prompt's own tokens, lower-cased and stripped as the pipeline encodes) of
-    its content words; every token but `</s>` when no content word is left or the tokenizer merged words."""
+    its content words, without their punctuation; every token but `</s>` when no content word is left or the tokenizer merged words."""
     text = prompt.lower().strip()
     full = tokenizer.encode(text)[:-1]  # pieces without </s>
     positions, start = [], 0
@@ -38,7 +38,8 @@ def content_positions(tokenizer, prompt: str) -> list[int]:
             break
         core = word.strip(".,;:!?\"'()[]")
         if core and core not in STOP_WORDS and core not in GENERIC_WORDS and any(ch.isalnum() for ch in core):
-            positions.extend(range(start, start + len(pieces)))
+            first, count = core_pieces(tokenizer, pieces, core)  # not its punctuation (an attention sink)
+            positions.extend(range(start + first, start + first + count))
         start += len(pieces)
     return positions or list(range(max(1, len(full))))
 

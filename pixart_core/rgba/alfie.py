@@ -117,9 +117,22 @@ class TransparentPlan:
         return min(total - 1, math.floor(self.capture_from_fraction * total))
 
 
+def core_pieces(tokenizer, pieces: list[int], core: str) -> tuple[int, int]:
+    """(offset, count) of the word's own pieces within `pieces`, the pieces of the word with its punctuation:
+    "centre," is ["▁centre", ","], and a comma or full stop draws attention from every image token alike (an
+    attention sink), which would flatten or even invert the subject's map. All pieces when the core's own
+    pieces are not a run of them."""
+    own = tokenizer.encode(core)[:-1]
+    for offset in range(len(pieces) - len(own) + 1):
+        if own and pieces[offset:offset + len(own)] == own:
+            return offset, len(own)
+    return 0, len(pieces)
+
+
 def subject_token_positions(tokenizer, prompt: str, max_length: int | None = None) -> list[int]:
     """Caption columns of the user's words in the tokenised `subject_prompt(prompt)` (lower-cased and stripped
-    as the pipeline encodes it): not the suffix, not `</s>`, not stop words or generic words such as "photo"
+    as the pipeline encodes it): not the suffix, not `</s>`, not punctuation, not stop words or generic words
+    such as "photo"
     (all the prompt's tokens when nothing else is left). Needs `tokenizer.encode(text)` (ids ending in `</s>`)."""
     text = prompt.lower().strip()
     full = tokenizer.encode(subject_prompt(prompt).lower().strip())[:-1]  # pieces without </s>
@@ -132,7 +145,8 @@ def subject_token_positions(tokenizer, prompt: str, max_length: int | None = Non
             break
         core = word.strip(".,;:!?\"'()[]")
         if core and core not in STOP_WORDS and core not in GENERIC_WORDS and any(ch.isalnum() for ch in core):
-            positions.extend(range(start, start + len(pieces)))
+            first, count = core_pieces(tokenizer, pieces, core)
+            positions.extend(range(start + first, start + first + count))
         start += len(pieces)
     if not matched or not positions:
         own = tokenizer.encode(text)[:-1]

@@ -2,7 +2,8 @@
 
 Each scene is drawn reproducibly from an integer seed: 1–3 shapes (circle, square, triangle, star, ring) in
 named colours at named places on a plain or gradient background, with an English prompt, one soft coverage
-mask per shape (occlusion applied), the shapes' pixel boxes, and an edge map for ControlNet training.
+mask per shape (occlusion applied), the shapes' pixel boxes, and an edge map for ControlNet training. Shape-free
+scenes ("a plain grey background") teach the world what its background prompts draw alone.
 Coordinates are continuous image coordinates: pixel ``i`` spans ``[i, i + 1)``, so a shape centred at ``cx``
 has its mask centroid at pixel index ``cx - 0.5``. Needs only numpy and OpenCV.
 """
@@ -56,6 +57,11 @@ BACKGROUND_PHRASES: dict[str, str] = {
     "white": "on a white background", "grey": "on a grey background", "black": "on a black background",
     "sky blue": "on a sky blue background", "gradient": "on a soft gradient background",
 }
+
+#: Prompts of shape-free scenes ("a plain white background"): the prompt transparent generation gives its
+#: background branch (pixart_core.rgba.alfie.BACKGROUND_PROMPT) and layouts give their background layer.
+PLAIN_PROMPTS: dict[str, str] = {name: f"a plain {'soft gradient' if name == 'gradient' else name} background"
+                                 for name in BACKGROUNDS}
 
 TRAIN_SEEDS = range(0, 1_000_000)
 HELD_OUT_START = 10_000_000  # held-out seeds start here, far from TRAIN_SEEDS
@@ -270,7 +276,9 @@ def describe(spec: ShapeSpec) -> str:
 
 def prompt_for(background: str, specs: list[ShapeSpec]) -> str:
     """The scene's prompt, e.g. 'a red circle on the left, a green ring at the top and a blue star at the bottom
-    right, on a grey background' (one shape: no 'and'; two: 'X and Y')."""
+    right, on a grey background' (one shape: no 'and'; two: 'X and Y'; none: 'a plain grey background')."""
+    if not specs:
+        return PLAIN_PROMPTS[background]
     parts = [describe(s) for s in specs]
     shapes = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"{shapes}, {BACKGROUND_PHRASES[background]}"
@@ -280,6 +288,12 @@ def make_scene(seed: int, size: int = 128) -> Scene:
     """The scene of a seed (1–3 shapes), the same on every call."""
     background, specs = sample_specs(np.random.default_rng(seed), size)
     return render(background, specs, size)
+
+
+def plain_scene(seed: int, size: int = 128) -> Scene:
+    """A scene of the background alone (no shapes, prompt from PLAIN_PROMPTS), from its own stream of the seed."""
+    background = str(np.random.default_rng([seed, 2]).choice(list(BACKGROUNDS)))
+    return render(background, [], size)
 
 
 def single_shape_scene(seed: int, size: int = 128) -> Scene:

@@ -26,12 +26,12 @@ GROUPS = MAX_SHAPES + 1  # each shape's phrase, then the background phrase (last
 
 def token_regions(masks: np.ndarray, grid: int) -> np.ndarray:
     """float32 [GROUPS, grid*grid]: coverage of each token cell by each shape (masks [K, S, S], 0..1, K <= 3;
-    rows of absent shapes are zero), and in the last row what no shape covers."""
+    rows of absent shapes are zero; K may be 0), and in the last row what no shape covers."""
     size = masks.shape[-1]
     cell = size // grid
     pooled = masks.reshape(masks.shape[0], grid, cell, grid, cell).mean(axis=(2, 4))  # [K, g, g]
     regions = np.zeros((GROUPS, grid * grid), np.float32)
-    regions[:masks.shape[0]] = pooled.reshape(masks.shape[0], -1)
+    regions[:masks.shape[0]] = pooled.reshape(masks.shape[0], grid * grid)
     regions[-1] = np.clip(1.0 - regions[:MAX_SHAPES].sum(axis=0), 0.0, 1.0)
     return regions
 

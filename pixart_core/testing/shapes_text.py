@@ -33,7 +33,7 @@ ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "place": list(PLAC
 
 def phrase_spans(tokenizer, background: str, specs: list[ShapeSpec]) -> list[tuple[int, int]]:
     """Token spans [first, last) in `prompt_for(background, specs)` (lower-cased) of each shape's phrase, in
-    `specs` order, then of the background phrase.
+    `specs` order, then of the background phrase (the whole prompt of a shape-free scene).
 
     Spans come from token counts of the prompt's prefixes; the prompt joins phrases at word boundaries, where the
     tokenizer's pieces of a prefix are a prefix of the prompt's pieces.
@@ -48,7 +48,7 @@ def phrase_spans(tokenizer, background: str, specs: list[ShapeSpec]) -> list[tup
         start = prompt.index(describe(spec).lower(), cursor)
         cursor = start + len(describe(spec))
         spans.append((tokens_before(start), tokens_before(cursor)))
-    start = prompt.rindex(", ") + 2  # the background phrase ends the prompt
+    start = prompt.rindex(", ") + 2 if specs else 0  # the background phrase ends the prompt (or is all of it)
     spans.append((tokens_before(start), tokens_before(len(prompt))))
     return spans
 

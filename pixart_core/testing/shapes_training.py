@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ddpm_loss import DDPMSchedule, learned_sigma_loss
-from .shapes_data import edge_map, held_out_seeds, make_scene
+from .shapes_data import edge_map, held_out_seeds, make_scene, plain_scene
 from .shapes_optim import lr_at, optimise, progress, set_lr
 from .shapes_grounding import grounding_loss, grounding_targets, recording, token_regions
 from .shapes_judge import judge_scene
@@ -50,6 +50,7 @@ class TrainPlan:
     seed: int = 0
     size: int = 128
     scenes: int = 10000  # training scenes (seeds 0..scenes-1); held-out scenes come from another range
+    plain_scenes: int = 600  # shape-free scenes ("a plain white background": transparency's background branch)
     vae_steps: int = 1500
     vae_batch: int = 16
     vae_crop: int = 64  # random crops (multiples of 8, so latents stay aligned); the network is convolutional
@@ -83,7 +84,7 @@ class TrainPlan:
 
     def quick(self) -> "TrainPlan":
         """A few steps of everything (what the test runs)."""
-        return replace(self, scenes=48, vae_steps=3, vae_decoder_steps=2, vae_batch=4, vae_crop=32, dit_steps=3,
+        return replace(self, scenes=48, plain_scenes=4, vae_steps=3, vae_decoder_steps=2, vae_batch=4, vae_crop=32, dit_steps=3,
                        dit_batch=8, warmup=1, control_steps=2, control_batch=4, depth=2, control_blocks=1,
                        t5_parse_steps=3, t5_parse_batch=4)
 
@@ -115,14 +116,15 @@ def to_unit(images: np.ndarray) -> Tensor:
 
 
 def render_dataset(plan: TrainPlan) -> dict:
-    """Images, edge maps and prompts of the training scenes (seeds 0..plan.scenes-1)."""
+    """Images, edge maps and prompts of the training scenes (seeds 0..plan.scenes-1), then of the shape-free
+    scenes (seeds 0..plan.plain_scenes-1)."""
     images, edges, shapes, prompts, layouts, regions = [], [], [], [], [], []
-    for seed in range(plan.scenes):
-        scene = make_scene(seed, plan.size)
+    scenes = [make_scene(seed, plan.size) for seed in range(plan.scenes)]
+    for scene in scenes + [plain_scene(seed, plan.size) for seed in range(plan.plain_scenes)]:
         layouts.append((scene.background, scene.shapes))
         images.append(scene.image)
         edges.append(edge_map(scene))
-        shapes.append((scene.masks.max(axis=0) * 255).astype(np.uint8))  # [S, S] any shape's coverage
+        shapes.append((scene.masks.max(axis=0, initial=0.0) * 255).astype(np.uint8))  # [S, S] any shape's coverage
         prompts.append(scene.prompt)
         regions.append(token_regions(scene.masks, plan.size // 16))  # [G, tokens]: 8x VAE, patch 2
     return {"images": np.stack(images), "edges": np.stack(edges), "shapes": np.stack(shapes), "prompts": prompts,
