@@ -107,6 +107,7 @@ def test_regenerate_keeps_every_other_layer(sigma_pipe, stack):
     new = sigma_pipe.regenerate_layer(stack, 1, prompt="a black dog", seed=5, num_inference_steps=STEPS)
     assert_only_changed(stack, new, 1)
     assert new.layers[1].prompt == "a black dog" and new.layout.layers[0].prompt == "a black dog"
+    assert new.layout.prompt == LAYOUT["prompt"]  # "a brown dog" is not in it: nothing to retell
     assert new.layers[2] is stack.layers[2]
     assert not np.array_equal(np.asarray(new.layers[1].image), np.asarray(stack.layers[1].image))
     expected = np.asarray(LayerStack(new.layers, new.width, new.height).composite)
@@ -192,3 +193,18 @@ def test_a_layers_hint_reads_its_content_words_not_their_punctuation(t5_tokenize
     words = [tokenizer.encode(word)[:-1] for word in ("ginger", "cat", "sitting")]
     assert [ids[p] for p in content_positions(tokenizer, prompt)] == words[0] + words[1] + words[2]
     assert content_positions(tokenizer, "the") == list(range(len(tokenizer.encode("the")) - 1))
+
+
+def test_a_regenerated_layers_new_prompt_is_retold_in_the_scene_prompt(sigma_pipe):
+    """The global prompt named the layer's old content ("a brown dog"): regeneration and the new stack's layout
+    read the new one in its place, so the scene no longer asks for the old content inside the box."""
+    layout = {**LAYOUT, "prompt": "a ginger cat and a brown dog in a park"}
+    backend = sigma_pipe.layer_backend()
+    told = []
+    encode = backend.encode_text
+    backend.encode_text = lambda texts: told.append(list(texts)) or encode(texts)
+    first = generate_layers(backend, layout, seed=1, steps=2)
+    new = regenerate_layer(backend, first, "dog", prompt="a black dog", seed=2, steps=2)
+    assert told[-1][:2] == ["a ginger cat and a black dog in a park", "a black dog"]
+    assert new.layout.prompt == "a ginger cat and a black dog in a park"
+    assert new.layout.layers[0].prompt == "a black dog"

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from pixart_core.layers import MAX_LAYERS, LayerSpec, Layout, parse_layout
+from pixart_core.layers.layout import retold
 
 
 def _layout(**overrides) -> dict:
@@ -112,3 +113,11 @@ def test_default_names_can_clash_with_given_ones():
                                                                     "box": [0, 0, 4, 4]}])
     with pytest.raises(ValueError, match=re.escape("layout.layers[1] ('layer 1').name: duplicate of layout.layers[0]")):
         parse_layout(layout)
+
+
+def test_retold_replaces_the_whole_phrase_in_any_case_only():
+    assert retold("a cat and a dog in a park", "a dog", "a fox") == "a cat and a fox in a park"
+    assert retold("A Dog near a doghouse", "a dog", "a fox") == "a fox near a doghouse"  # whole words only
+    assert retold("a cat in a park", "a dog", "a fox") == "a cat in a park"  # absent: unchanged
+    assert retold("a dog (small)", "(small)", "big") == "a dog big"  # the phrase is literal, not a pattern
+    assert retold("a dog", "", "a fox") == "a dog"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
 MAX_LAYERS = 64
@@ -185,3 +186,14 @@ def parse_layout(layout: dict | str | Layout) -> Layout:
         seen[layer.name] = f"layout.layers[{index}]"
     return Layout(width=width, height=height, prompt=prompt, layers=layers, negative=negative,
                   background_prompt=background_prompt)
+
+
+def retold(prompt: str, old: str, new: str) -> str:
+    """`prompt` with the phrase `old` (whole words, any case) replaced by `new`: a layer given a new prompt is
+    retold in the global prompt too, so the scene no longer asks for what the layer was ("a cat and a dog in a
+    park", layer "a dog" -> "a fox": "a cat and a fox in a park"). Unchanged when `old` does not occur."""
+    old = old.strip()
+    if not old or old.lower() == new.strip().lower():
+        return prompt
+    pattern = re.compile(r"(?<!\w)" + re.escape(old) + r"(?!\w)", re.IGNORECASE)
+    return pattern.sub(lambda _: new.strip(), prompt)

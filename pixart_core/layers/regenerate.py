@@ -16,6 +16,7 @@ from PIL import Image
 from ..pixart.regions import Region, RegionalPrompt
 from .backend import LayerBackend
 from .latent_regions import box_crop, box_mask, latent_mask
+from .layout import retold
 from .layer_alpha import attention_hint, content_positions, matte_in_box
 from .phases import Captions, run_phase
 from .pixels import alpha_over
@@ -59,7 +60,8 @@ def regenerate_foreground(backend: LayerBackend, stack: LayerStack, position: in
     known = backend.encode_pixels(crop.image(context)[None])  # [1, 4, ch, cw]
     hole = latent_mask(box_mask(local, y1 - y0, x1 - x0), dilate=0)  # [1, 1, ch, cw]
 
-    global_prompt = stack.layout.prompt if stack.layout is not None else prompt
+    # the scene's prompt, with the layer's old prompt retold as the new one (it would ask for the old content)
+    global_prompt = retold(stack.layout.prompt, layer.prompt, prompt) if stack.layout is not None else prompt
     background_prompt = _background_prompt(stack)
     texts = [global_prompt, prompt] + ([background_prompt] if background_prompt.strip() else [])
     hidden, mask, negative = _captions(backend, stack, texts, guidance)

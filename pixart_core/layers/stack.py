@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .layout import BACKGROUND_NAME, Layout, LayerSpec, parse_layout
+from .layout import BACKGROUND_NAME, Layout, LayerSpec, parse_layout, retold
 from .manifest import layout_from_manifest, matches
 from .pixels import alpha_bounds, alpha_over
 
@@ -90,7 +90,8 @@ class LayerStack:
     def replace(self, index: int, layer: Layer) -> LayerStack:
         """A new stack with `layer` at `index`; every other Layer is the same object (same pixels).
 
-        The layout, when present, takes the new layer's name, prompt and box (index 0: the background prompt).
+        The layout, when present, takes the new layer's name, prompt and box (index 0: the background prompt);
+        a foreground's old prompt is retold in the global prompt (`layout.retold`).
         """
         if isinstance(index, bool) or not isinstance(index, int) or not -len(self.layers) <= index < len(self.layers):
             raise ValueError(f"index: {index!r} is not a layer index; the stack has {len(self.layers)} layers "
@@ -112,8 +113,10 @@ class LayerStack:
         specs = list(layout.layers)
         if index - 1 >= len(specs):
             return layout
-        specs[index - 1] = LayerSpec(name=layer.name, prompt=layer.prompt or specs[index - 1].prompt, box=layer.box)
-        updated = Layout(width=layout.width, height=layout.height, prompt=layout.prompt, layers=tuple(specs),
+        prompt = layer.prompt or specs[index - 1].prompt
+        scene = retold(layout.prompt, specs[index - 1].prompt, prompt)
+        specs[index - 1] = LayerSpec(name=layer.name, prompt=prompt, box=layer.box)
+        updated = Layout(width=layout.width, height=layout.height, prompt=scene, layers=tuple(specs),
                          negative=layout.negative, background_prompt=layout.background_prompt)
         try:
             return parse_layout(updated)
