@@ -98,8 +98,8 @@ def test_cli_generates_from_the_fixture_folder(tmp_path, world_dir):
     paths = [out] + [tmp_path / f"shape_{index}.png" for index in range(1, 6)]
     verdicts = [judge_scene(np.asarray(Image.open(path).convert("RGB")), asked) for path in paths]
     assert all(v["background_ok"] for v in verdicts), verdicts
-    # the fixture draws this prompt right in 4 of these 6 seeds; half is the floor (README of the fixture)
-    assert sum(v["all_found"] for v in verdicts) >= 3, verdicts
+    # the fixture draws this prompt right in all 6 seeds; 5 is the floor (README of the fixture)
+    assert sum(v["all_found"] for v in verdicts) >= 5, verdicts
 
 
 # Issue #8's figures, and the floors the committed fixture holds (measured on it: README of the fixture). The
@@ -124,7 +124,7 @@ def control(world_pipe):
 
 
 def test_text_to_image_holds_the_fixtures_figures(t2i):
-    assert t2i["prompts"] >= 0.2 and t2i["shapes"] >= 0.35, t2i  # measured 30% and 45%
+    assert t2i["prompts"] >= 0.5 and t2i["shapes"] >= 0.6, t2i  # measured 60% and 73%
 
 
 def test_text_to_image_gets_the_background_right(t2i):
@@ -137,7 +137,7 @@ def test_text_to_image_places_named_shapes(t2i):
 
 
 def test_attention_of_a_shapes_words_holds_the_fixtures_figure(attention):
-    assert attention["shapes"] >= 30 and attention["iou"] >= 0.15, attention  # measured 0.233
+    assert attention["shapes"] >= 30 and attention["iou"] >= 0.22, attention  # measured 0.287
 
 
 @pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET)
@@ -146,7 +146,7 @@ def test_attention_of_a_shapes_words_overlaps_that_shape(attention):
 
 
 def test_controlnet_holds_the_fixtures_figure(control):
-    assert control["iou"] >= 0.25, control  # measured 0.334
+    assert control["iou"] >= 0.45, control  # measured 0.574
 
 
 @pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET)
@@ -154,8 +154,8 @@ def test_controlnet_makes_the_picture_follow_the_layout_edges(control):
     assert control["iou"] >= 0.7, control
 
 
-@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured over 10 layouts: IoU 0.27 with the edges "
-                   "against 0.24 without")
+@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured over 10 layouts: IoU 0.59 with the edges "
+                   "against 0.51 without")
 def test_controlnet_changes_the_picture_toward_the_layout(world_pipe):
     """Without the edges the same prompts match the layouts' exact masks worse (the branch does the work)."""
     scenes = world.held_out_scenes(10)
@@ -166,10 +166,19 @@ def test_controlnet_changes_the_picture_toward_the_layout(world_pipe):
     assert controlled > plain + 0.1, (plain, controlled)
 
 
-@pytest.mark.xfail(strict=True, reason="issue #9 item 9 waits on issue #8: the world has no shape-free scenes, "
-                   "so Alfie's background branch ('a plain white background') draws noise there "
-                   "(measured alpha IoU 0.00)")
-def test_transparent_generation_cuts_out_the_drawn_shape(world_pipe):
-    """Issue #9 item 9: Alfie-style generation on held-out single shapes; alpha against the colour mask."""
-    figures = evaluate.transparency_figures(world_pipe, count=30)
-    assert figures["iou"] >= 0.85 and figures["mae"] <= 0.06, figures
+@pytest.fixture(scope="module")
+def transparency(world_pipe):
+    """Issue #9 item 9: Alfie-style generation on 30 held-out single shapes; alpha against the colour mask."""
+    return evaluate.transparency_figures(world_pipe, count=30)
+
+
+def test_transparent_generation_holds_the_fixtures_figures(transparency):
+    # the alpha error is issue #9's target (<= 0.06); measured IoU 0.817, MAE 0.012
+    assert transparency["iou"] >= 0.7 and transparency["mae"] <= 0.06, transparency
+
+
+@pytest.mark.xfail(strict=True, reason="issue #9 item 9 waits on issue #8: the committed shapes world draws some "
+                   "shapes in mixed shades (a red triangle with an orange corner), which the named colour's mask "
+                   "leaves out and the alpha keeps (measured alpha IoU 0.817)")
+def test_transparent_generation_cuts_out_the_drawn_shape(transparency):
+    assert transparency["iou"] >= 0.85 and transparency["mae"] <= 0.06, transparency
