@@ -27,7 +27,8 @@ HINT_EDGES = (0.3, 0.7)  # the hint's levels mapped to alpha 0 and 1 when it ser
 
 def content_positions(tokenizer, prompt: str) -> list[int]:
     """Caption positions (within the prompt's own tokens, lower-cased and stripped as the pipeline encodes) of
-    its content words, without their punctuation; every token but `</s>` when no content word is left or the tokenizer merged words."""
+    its content words, without their punctuation; every token but `</s>` when no content word is left or the
+    tokenizer merged words."""
     text = prompt.lower().strip()
     full = tokenizer.encode(text)[:-1]  # pieces without </s>
     positions, start = [], 0

@@ -132,8 +132,8 @@ def core_pieces(tokenizer, pieces: list[int], core: str) -> tuple[int, int]:
 def subject_token_positions(tokenizer, prompt: str, max_length: int | None = None) -> list[int]:
     """Caption columns of the user's words in the tokenised `subject_prompt(prompt)` (lower-cased and stripped
     as the pipeline encodes it): not the suffix, not `</s>`, not punctuation, not stop words or generic words
-    such as "photo"
-    (all the prompt's tokens when nothing else is left). Needs `tokenizer.encode(text)` (ids ending in `</s>`)."""
+    such as "photo" (all the prompt's tokens when nothing else is left). Needs `tokenizer.encode(text)` (ids
+    ending in `</s>`)."""
     text = prompt.lower().strip()
     full = tokenizer.encode(subject_prompt(prompt).lower().strip())[:-1]  # pieces without </s>
     limit = len(full) if max_length is None else min(len(full), max_length - 1)  # the pipeline keeps L - 1 pieces

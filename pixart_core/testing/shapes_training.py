@@ -6,12 +6,14 @@ tiny T5 with the real T5 tokenizer, started from its seeded random weights and f
 prompts (`shapes_text.pretrain_t5`): a random T5 gives every word its own vector but leaves it blind to its
 neighbours, so "red" is not bound to "circle" or to "left" in a three-shape prompt. It is then frozen (or trained
 along with the DiT, `TrainPlan.train_t5`). The DiT's loss adds attention grounding (`shapes_grounding`: each
-phrase's cross-attention kept inside its shape, as TokenCompose does) to the DDPM objective. Determinism: one seed drives data, initialisation and noise; torch runs
-single-process with a fixed thread count (results can still differ across CPUs by float rounding).
+phrase's cross-attention kept inside its shape, as TokenCompose does) to the DDPM objective. Determinism: one
+seed drives data, initialisation and noise; torch runs single-process with a fixed thread count (results can still
+differ across CPUs by float rounding).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -84,8 +86,8 @@ class TrainPlan:
 
     def quick(self) -> "TrainPlan":
         """A few steps of everything (what the test runs)."""
-        return replace(self, scenes=48, plain_scenes=4, vae_steps=3, vae_decoder_steps=2, vae_batch=4, vae_crop=32, dit_steps=3,
-                       dit_batch=8, warmup=1, control_steps=2, control_batch=4, depth=2, control_blocks=1,
+        return replace(self, scenes=48, plain_scenes=4, vae_steps=3, vae_decoder_steps=2, vae_batch=4, vae_crop=32,
+                       dit_steps=3, dit_batch=8, warmup=1, control_steps=2, control_batch=4, depth=2, control_blocks=1,
                        t5_parse_steps=3, t5_parse_batch=4)
 
 
@@ -119,12 +121,13 @@ def render_dataset(plan: TrainPlan) -> dict:
     """Images, edge maps and prompts of the training scenes (seeds 0..plan.scenes-1), then of the shape-free
     scenes (seeds 0..plan.plain_scenes-1)."""
     images, edges, shapes, prompts, layouts, regions = [], [], [], [], [], []
-    scenes = [make_scene(seed, plan.size) for seed in range(plan.scenes)]
-    for scene in scenes + [plain_scene(seed, plan.size) for seed in range(plan.plain_scenes)]:
+    scenes = itertools.chain((make_scene(seed, plan.size) for seed in range(plan.scenes)),
+                             (plain_scene(seed, plan.size) for seed in range(plan.plain_scenes)))
+    for scene in scenes:  # one at a time: the masks of 10,000 scenes would take about 1 GB
         layouts.append((scene.background, scene.shapes))
         images.append(scene.image)
         edges.append(edge_map(scene))
-        shapes.append((scene.masks.max(axis=0, initial=0.0) * 255).astype(np.uint8))  # [S, S] any shape's coverage
+        shapes.append((scene.masks.max(axis=0, initial=0.0) * 255).astype(np.uint8))  # [S, S] shapes' coverage
         prompts.append(scene.prompt)
         regions.append(token_regions(scene.masks, plan.size // 16))  # [G, tokens]: 8x VAE, patch 2
     return {"images": np.stack(images), "edges": np.stack(edges), "shapes": np.stack(shapes), "prompts": prompts,
