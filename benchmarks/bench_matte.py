@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pixart_core.rgba import matting_metrics  # noqa: E402
 from pixart_core.rgba.matte import matte  # noqa: E402
-from pixart_core.testing.rgba_scenes import BACKGROUNDS, SUBJECTS, make_scene, scene_set  # noqa: E402
+from pixart_core.testing.rgba_scenes import SUBJECTS, make_scene, scene_set  # noqa: E402
 
 LOG = logging.getLogger("bench_matte")
 OPAQUE_SUBJECTS = ("blob", "hair", "ring")

@@ -31,10 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pixart_core.pixart.config import PixArtConfig  # noqa: E402
 from pixart_core.pixart.convert import diffusers_to_official  # noqa: E402
 from pixart_core.pixart.linear import compute_dtype  # noqa: E402
-from pixart_core.pixart.model import PixArtTransformer  # noqa: E402
 
 LOG = logging.getLogger("bench_transformer_forward")
 HIDDEN, HEADS, CAPTION, TOKENS, BATCH, LATENT = 1152, 16, 4096, 120, 2, 64

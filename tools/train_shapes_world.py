@@ -76,13 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         from pixart_core.vae import load_vae
 
         vae = load_vae(Path(args.vae_from) / "vae", dtype=torch.float32).eval().requires_grad_(False)
-    snapshot = None
     if args.snapshots:
         Path(args.snapshots).mkdir(parents=True, exist_ok=True)
 
-        def snapshot(step, model):
-            torch.save(model.state_dict(), Path(args.snapshots) / f"dit_{step}.pt")
-    trained = training.run(plan, tokenizer, vae=vae, snapshot=snapshot)
+    def save_snapshot(step, model):
+        torch.save(model.state_dict(), Path(args.snapshots) / f"dit_{step}.pt")
+    trained = training.run(plan, tokenizer, vae=vae, snapshot=save_snapshot if args.snapshots else None)
     trained["seconds"]["total"] = time.perf_counter() - started
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
