@@ -59,6 +59,22 @@ def test_training_script_writes_a_loadable_pipeline_folder(tmp_path, t5_tokenize
     assert image.shape == (1, 128, 128, 3)
 
 
+def test_a_run_reusing_the_vae_trains_the_same_dit_as_a_full_run(t5_tokenizer_dir):
+    import copy
+
+    from pixart_core.t5.tokenizer import load_t5_tokenizer
+    from pixart_core.testing import shapes_training as training
+
+    tokenizer = load_t5_tokenizer(t5_tokenizer_dir)
+    plan = training.TrainPlan(seed=3).quick()
+    full = training.run(plan, tokenizer)
+    reused = training.run(plan, tokenizer, vae=copy.deepcopy(full["vae"]).half().float())  # as a folder gives it
+    for name, weight in full["dit"].state_dict().items():
+        assert torch.equal(weight, reused["dit"].state_dict()[name]), name
+    for name, weight in full["controlnet"].state_dict().items():
+        assert torch.equal(weight, reused["controlnet"].state_dict()[name]), name
+
+
 def test_training_script_refuses_a_missing_tokenizer_folder(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "train_shapes_world.py"), "--out",
                              str(tmp_path / "w"), "--quick", "--tokenizer", str(tmp_path / "nowhere")],

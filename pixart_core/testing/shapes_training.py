@@ -316,8 +316,8 @@ def scaling_factor_of(latents: Tensor) -> float:
 def run(plan: TrainPlan, tokenizer, on_phase: Callable[[str, float], None] | None = None,
         vae: AutoencoderKL | None = None, snapshot=None) -> dict:
     """Train everything; returns {"vae", "scaling_factor", "t5", "dit", "controlnet", "seconds"}. A `vae` given
-    (the same plan's, from an earlier run) skips the VAE phase; `snapshot(step, ema_dit)` sees the DiT every
-    500 steps."""
+    (the same plan's, from an earlier run) skips the VAE phase and the rest trains as in a full run;
+    `snapshot(step, ema_dit)` sees the DiT every 500 steps."""
     torch.manual_seed(plan.seed)
     generator = torch.Generator().manual_seed(plan.seed)
     timings: dict[str, float] = {}
@@ -333,7 +333,13 @@ def run(plan: TrainPlan, tokenizer, on_phase: Callable[[str, float], None] | Non
     started = time.perf_counter()
     if vae is None:
         vae = train_vae(plan, data, generator)
+    with torch.no_grad():
+        for weight in vae.parameters():
+            weight.copy_(weight.half().float())  # the fp16 weights the folder ships: the DiT learns their latents
     phase("vae", started)
+    # the phases after the VAE draw from their own seed: a run reusing this plan's VAE trains the same DiT
+    torch.manual_seed(plan.seed + 1)
+    generator = torch.Generator().manual_seed(plan.seed + 1)
     held_out_scenes = [make_scene(seed, plan.size) for seed in held_out_seeds(100)]
     held_out = np.stack([scene.image for scene in held_out_scenes])  # [N, S, S, 3]
     recon = vae.decode(vae.encode(to_unit(held_out)))  # [N, 3, S, S]
