@@ -1,8 +1,9 @@
 """Layered generation in the shapes world (issue #10, item 8): over 20 held-out layouts of 2-4 boxes, each a
 shape prompt, the shapes land in their boxes, each layer's alpha covers its shape, and regenerating a layer with
 another colour changes that layer's colour and no other layer's pixels. The committed fixture
-(tests/fixtures/shapes_world) is short of the first two targets: they are strict xfails, and floors measured on the
-fixture guard against regressions; that other layers keep their pixels holds exactly."""
+(tests/fixtures/shapes_world) reaches the first; it is short of the alpha of every layer and of the recolouring:
+those are strict xfails, with floors measured on the fixture against regressions; that other layers keep their
+pixels holds exactly."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def scenes(world_dir):
 @pytest.fixture(scope="module")
 def generated(world_pipe, scenes):
     return [world_pipe.generate_layers(layout_of(scene), seed=index, num_inference_steps=world.STEPS,
-                                 guidance_scale=world.GUIDANCE) for index, scene in enumerate(scenes)]
+                                       guidance_scale=world.GUIDANCE, sampler=world.SAMPLER)
+            for index, scene in enumerate(scenes)]
 
 
 def box_region(box, size: int) -> np.ndarray:
@@ -91,7 +93,8 @@ def regenerated(world_pipe, scenes, generated):
         colour = next(c for c in allowed_colours(scene.background) if c not in used)
         prompt = describe(type(spec)(spec.shape, colour, spec.place, spec.cx, spec.cy, spec.radius))
         new = world_pipe.regenerate_layer(stack, 1, prompt=prompt, seed=100 + index,
-                                          num_inference_steps=world.STEPS, guidance_scale=world.GUIDANCE)
+                                          num_inference_steps=world.STEPS, guidance_scale=world.GUIDANCE,
+                                          sampler=world.SAMPLER)
         out.append((scene, stack, new, spec.colour, colour))
     return out
 
@@ -99,14 +102,18 @@ def regenerated(world_pipe, scenes, generated):
 def test_layers_hold_the_fixtures_figures(placed):
     inside_ok, ious = placed
     assert len(inside_ok) >= 40  # 20 layouts of 2-3 shapes
-    assert inside_ok.mean() >= 0.55, f"{inside_ok.mean():.2f} of the layers inside their boxes"  # measured 0.68
-    assert ious.mean() >= 0.35, f"mean alpha IoU with the colour masks {ious.mean():.2f}"  # measured 0.47
+    assert ious.mean() >= 0.7, f"mean alpha IoU with the colour masks {ious.mean():.2f}"  # measured 0.78
 
 
-@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET)
-def test_shapes_land_in_their_boxes_and_alpha_covers_them(placed):
-    inside_ok, ious = placed
-    assert inside_ok.mean() >= LAYER_SHARE, f"{inside_ok.mean():.2f} of the layers inside their boxes"
+def test_shapes_land_in_their_boxes(placed):
+    inside_ok, _ = placed
+    assert inside_ok.mean() >= LAYER_SHARE, f"{inside_ok.mean():.2f} of the layers inside their boxes"  # measured 1.0
+
+
+@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 78% of the layers at IoU >= 0.7, min 0.007 "
+                   "(shapes drawn in two shades the colour mask cuts; alphas missing part of a shape)")
+def test_every_layers_alpha_covers_its_shape(placed):
+    _, ious = placed
     assert ious.min() >= ALPHA_IOU, f"alpha IoU with the colour masks: min {ious.min():.2f}, mean {ious.mean():.2f}"
 
 
@@ -117,7 +124,7 @@ def test_regenerating_a_layer_leaves_every_other_layers_pixels(regenerated):
                 assert np.array_equal(np.asarray(old.image), np.asarray(fresh.image)), (scene.prompt, old.name)
 
 
-@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 6 of the first 10 layouts"
+@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 3 of the first 10 layouts"
                    " recoloured their layer")
 def test_regenerating_a_layer_with_another_colour_recolours_it(regenerated):
     for scene, stack, new, old_colour, colour in regenerated:

@@ -19,7 +19,8 @@ from .shapes_data import Scene, edge_map, held_out_seeds, make_scene, single_sha
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "shapes_world"
 SIZE = 128
 STEPS = 20
-GUIDANCE = 1.5  # the world's CFG scale: 4.5 (PixArt's) over-drives this tiny DiT into mixed shades (sweep: RESULTS.md)
+GUIDANCE = 2.0  # the world's CFG scale: 4.5 (PixArt's) over-drives this tiny DiT into mixed shades (sweep: RESULTS.md)
+SAMPLER = "euler_ancestral"  # a stochastic sampler commits to one colour where DPM-Solver++ blends two (RESULTS.md)
 
 
 def fixture_dir(folder: str | Path | None = None) -> Path:
@@ -63,12 +64,12 @@ def control_tensor(scene: Scene) -> torch.Tensor:
 
 
 def generate(pipe, prompts: str | list[str], seed: int = 0, *, steps: int = STEPS, guidance: float = GUIDANCE,
-             size: int = SIZE, **kwargs) -> np.ndarray:
+             sampler: str = SAMPLER, size: int = SIZE, **kwargs) -> np.ndarray:
     """Images for `prompts` (one each) at `size`, seeded: uint8 [B, H, W, 3]. Extra keyword arguments go to the
     pipeline (e.g. controlnet=..., control_image=...)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     pixels = pipe(prompts, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
-                  use_resolution_binning=False, output_type="pt", seed=seed, **kwargs)  # [B, 3, H, W]
+                  sampler=sampler, use_resolution_binning=False, output_type="pt", seed=seed, **kwargs)  # [B, 3, H, W]
     return to_uint8(pixels)
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from .shapes_data import PLACES, ShapeSpec, render
 from .shapes_judge import colour_mask, judge_scene, mask_iou
-from .shapes_world import (GUIDANCE, SIZE, STEPS, control_tensor, generate, held_out_scenes, word_token_positions)
+from .shapes_world import (GUIDANCE, SAMPLER, SIZE, STEPS, control_tensor, generate, held_out_scenes,
+                           word_token_positions)
 
 ATTENTION_THRESHOLD = 0.5  # of the map's maximum
 
@@ -110,8 +111,8 @@ def transparency_figures(pipe, count: int = 30, seed: int = 0) -> dict:
     ious, errors = [], []
     for index, scene in enumerate(scenes):
         result = generate_transparent(pipe, scene.prompt, negative_prompt="", height=SIZE, width=SIZE,
-                                      num_inference_steps=STEPS, guidance_scale=GUIDANCE, seed=seed + index,
-                                      use_resolution_binning=False)
+                                      num_inference_steps=STEPS, guidance_scale=GUIDANCE, sampler=SAMPLER,
+                                      seed=seed + index, use_resolution_binning=False)
         image = (result.image[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()  # [H, W, 3]
         alpha = result.alpha[0, 0].numpy()  # [H, W]
         drawn = colour_mask(image, scene.shapes[0].colour)
