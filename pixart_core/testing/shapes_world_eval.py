@@ -60,7 +60,7 @@ def attention_figures(pipe, count: int = 30, batch: int = 10, seed: int = 0) -> 
     for start, chunk in _batches(scenes, batch):
         with pipe.transformer.capture_attention() as capture:
             images = generate(pipe, [s.prompt for s in chunk], seed=seed + start)
-        probabilities = capture.cross_attention()[len(chunk):]  # [B, N, L]: the conditional half of the CFG batch
+        probabilities = capture.cross_attention()[-len(chunk):]  # [B, N, L]: the conditional rows (last, with CFG)
         for row, (image, scene) in enumerate(zip(images, chunk)):
             cursor = 0
             for spec in scene.shapes:
