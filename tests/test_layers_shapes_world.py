@@ -85,9 +85,9 @@ def placed(scenes, generated):
 
 @pytest.fixture(scope="module")
 def regenerated(world_pipe, scenes, generated):
-    """(scene, old stack, new stack, old colour, new colour) for the first 5 layouts, layer 1 recoloured."""
+    """(scene, old stack, new stack, old colour, new colour) for every layout, layer 1 recoloured."""
     out = []
-    for index, (scene, stack) in enumerate(zip(scenes[:5], generated[:5])):
+    for index, (scene, stack) in enumerate(zip(scenes, generated)):
         spec = scene.shapes[0]
         used = {shape.colour for shape in scene.shapes}
         colour = next(c for c in allowed_colours(scene.background) if c not in used)
@@ -102,7 +102,7 @@ def regenerated(world_pipe, scenes, generated):
 def test_layers_hold_the_fixtures_figures(placed):
     inside_ok, ious = placed
     assert len(inside_ok) >= 40  # 20 layouts of 2-3 shapes
-    assert ious.mean() >= 0.7, f"mean alpha IoU with the colour masks {ious.mean():.2f}"  # measured 0.78
+    assert ious.mean() >= 0.75, f"mean alpha IoU with the colour masks {ious.mean():.2f}"  # measured 0.81
 
 
 def test_shapes_land_in_their_boxes(placed):
@@ -110,8 +110,8 @@ def test_shapes_land_in_their_boxes(placed):
     assert inside_ok.mean() >= LAYER_SHARE, f"{inside_ok.mean():.2f} of the layers inside their boxes"  # measured 1.0
 
 
-@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 78% of the layers at IoU >= 0.7, min 0.007 "
-                   "(shapes drawn in two shades the colour mask cuts; alphas missing part of a shape)")
+@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 80% of the layers at IoU >= 0.7, min 0.14 "
+                   "(shapes drawn in two shades the colour mask cuts; alphas spilling into a touching neighbour)")
 def test_every_layers_alpha_covers_its_shape(placed):
     _, ious = placed
     assert ious.min() >= ALPHA_IOU, f"alpha IoU with the colour masks: min {ious.min():.2f}, mean {ious.mean():.2f}"
@@ -124,13 +124,24 @@ def test_regenerating_a_layer_leaves_every_other_layers_pixels(regenerated):
                 assert np.array_equal(np.asarray(old.image), np.asarray(fresh.image)), (scene.prompt, old.name)
 
 
-@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 3 of the first 10 layouts"
-                   " recoloured their layer")
-def test_regenerating_a_layer_with_another_colour_recolours_it(regenerated):
-    for scene, stack, new, old_colour, colour in regenerated:
-        region = box_region(stack.layers[1].box, scene.size)
-        before, after = np.asarray(stack.composite), np.asarray(new.composite)
-        old_before = (colour_mask(before, old_colour) & region).sum()
-        old_after = (colour_mask(after, old_colour) & region).sum()
-        new_after = (colour_mask(after, colour) & region).sum()
-        assert new_after > old_after and new_after >= 0.5 * old_before, (scene.prompt, old_colour, colour)
+def recoloured(scene, stack, new, old_colour, colour) -> bool:
+    """Does the regenerated layer's box show more of the new colour than of the old, and at least half as much
+    as it showed of the old colour before?"""
+    region = box_region(stack.layers[1].box, scene.size)
+    before, after = np.asarray(stack.composite), np.asarray(new.composite)
+    old_before = (colour_mask(before, old_colour) & region).sum()
+    old_after = (colour_mask(after, old_colour) & region).sum()
+    new_after = (colour_mask(after, colour) & region).sum()
+    return bool(new_after > old_after and new_after >= 0.5 * old_before)
+
+
+def test_regenerating_layers_recolours_them(regenerated):
+    share = np.mean([recoloured(*item) for item in regenerated])
+    assert share >= 0.9, f"{share:.2f} of the regenerated layers took the new colour"  # measured 0.95 (19 of 20)
+
+
+@pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 19 of 20 layouts recoloured their layer (the "
+                   "20th drew a blue triangle half green)")
+def test_regenerating_every_layer_with_another_colour_recolours_it(regenerated):
+    for item in regenerated:
+        assert recoloured(*item), item[0].prompt

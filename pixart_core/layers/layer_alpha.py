@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 MIN_MATTE_SIDE = 8  # the matte's smallest image side; smaller boxes take the hint as alpha
 MIN_MATTE_SHARE = 0.1  # a matte holding less than this share of the hint's core falls back to the hint
 HINT_EDGES = (0.3, 0.7)  # the hint's levels mapped to alpha 0 and 1 when it serves as alpha
+MATTE_MARGIN = 0.15  # of the box's longer side, at least MIN_MARGIN px: context the matte sees around the box
+MIN_MARGIN = 4
 
 
 def content_positions(tokenizer, prompt: str) -> list[int]:
@@ -78,24 +80,32 @@ def hint_alpha(hint: Tensor) -> Tensor:
 
 def matte_in_box(image: Tensor, hint: Tensor, box) -> tuple[Tensor, Tensor]:
     """alpha [H, W] and straight colour [3, H, W] of the subject in the pixel box of image [3, H, W] (0..1) with
-    hint [H, W]; alpha is 0 outside the box, colour there is the image's. Where the matte finds (almost) nothing
-    that the hint marks (no background-like border to separate from), the hint itself is the alpha."""
+    hint [H, W]; alpha is 0 outside the box, colour there is the image's. The matte works on the box grown by a
+    margin, so the border it fits the background to lies around the box rather than on a subject that fills
+    it. Where the matte finds (almost) nothing that the hint marks (no background-like border to separate
+    from), the hint itself is the alpha."""
     from ..rgba.matte import matte
 
     _, height, width = image.shape
     x0, y0, x1, y1 = pixel_box(box, height, width)
     alpha = torch.zeros(height, width)  # [H, W]
     colour = image.clone()  # [3, H, W]
-    crop, crop_hint = image[:, y0:y1, x0:x1], hint[y0:y1, x0:x1]  # [3, h, w], [h, w]
-    if min(crop.shape[-2:]) < MIN_MATTE_SIDE or float(crop_hint.max()) <= 0.0:
+    crop_hint = hint[y0:y1, x0:x1]  # [h, w]
+    if min(crop_hint.shape) < MIN_MATTE_SIDE or float(crop_hint.max()) <= 0.0:
         alpha[y0:y1, x0:x1] = hint_alpha(crop_hint)
         return alpha, colour
-    crop_alpha, crop_colour = matte(crop[None], crop_hint[None, None])  # [1, 1, h, w], [1, 3, h, w]
+    margin = max(MIN_MARGIN, round(MATTE_MARGIN * max(x1 - x0, y1 - y0)))
+    gx0, gy0, gx1, gy1 = max(0, x0 - margin), max(0, y0 - margin), min(width, x1 + margin), min(height, y1 + margin)
+    grown_hint = torch.zeros(gy1 - gy0, gx1 - gx0)  # [gh, gw] the hint, 0 outside the box
+    inner = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
+    grown_hint[inner] = crop_hint
+    grown_alpha, grown_colour = matte(image[None, :, gy0:gy1, gx0:gx1], grown_hint[None, None])  # [1, 1, gh, gw]
+    crop_alpha, crop_colour = grown_alpha[0, 0][inner], grown_colour[0][(slice(None), *inner)]  # [h, w], [3, h, w]
     core = float((crop_hint >= HINT_EDGES[1]).sum())
     if float(crop_alpha.sum()) < MIN_MATTE_SHARE * core:
         log.info("matte: the box %s has no separable subject; its attention serves as alpha", list(box))
         alpha[y0:y1, x0:x1] = hint_alpha(crop_hint)
         return alpha, colour
-    alpha[y0:y1, x0:x1] = crop_alpha[0, 0]
-    colour[:, y0:y1, x0:x1] = crop_colour[0]
+    alpha[y0:y1, x0:x1] = crop_alpha
+    colour[:, y0:y1, x0:x1] = crop_colour
     return alpha, colour
