@@ -17,9 +17,10 @@ import torch
 
 from ..pixart_core.limits import check_sampled_size
 from ..pixart_core.memory import check_fits
-from ..pixart_core.rgba import grey_composite, load_transparent_decoder, load_transparent_encoder
+from ..pixart_core.rgba import grey_composite
 from ..pixart_core.sampling import SamplingInterrupted, cfg_eps_fn, sampler_spec
 from . import host
+from .layer_model_cache import transparent_decoder, transparent_encoder
 from .sampler import AtelierSampler, _noise
 from .text import encode as encode_text
 from .types import CATEGORY, PIXART_ATTENTION, PIXART_MODEL, PIXART_T5, check_image, check_latent
@@ -193,9 +194,9 @@ def _attention_matte(rgb: torch.Tensor, attention: SubjectAttention | None, hint
 def _layerdiffuse(rgb: torch.Tensor, samples: torch.Tensor, engine: str, tta: bool) -> _Matte:
     """LayerDiffuse's transparent decoder on the VAE decode `rgb` [B, 3, H, W] of `samples` (unscaled)."""
     device = host.devices_for("vae")[0]
-    decoder = load_transparent_decoder(host.model_path(LAYER_MODELS, engine), device="cpu",
-                                       dtype=torch.float16 if device.type in ("cuda", "mps") else torch.float32)
-    module = host.load_on_device(host.managed(decoder, kind="vae"))
+    decoder = transparent_decoder(host.model_path(LAYER_MODELS, engine),
+                                  torch.float16 if device.type in ("cuda", "mps") else torch.float32)
+    module = host.load_on_device(decoder)
     out = module.estimate(rgb, samples * module.latent_scale, tta=tta).float().cpu()  # [B, 4, H, W]
     family = f"{module.family} family" if module.family else "unknown family"
     return _Matte(out[:, :1], out[:, 1:], f"LayerDiffuse decoder {engine} ({family}{', TTA x8' if tta else ''})")
@@ -358,7 +359,6 @@ class AtelierTransparentEncode:
         top, left = (rgb.shape[2] - height) // 2, (rgb.shape[3] - width) // 2
         rgb, alpha = (t[:, :, top:top + height, left:left + width] for t in (rgb, alpha))
         mean, std = posterior(vae, grey_composite(rgb, alpha).movedim(1, -1).contiguous())  # [B, 4, h, w] each
-        encoder = load_transparent_encoder(host.model_path(LAYER_MODELS, encoder_name), dtype=torch.float32)
-        module = host.load_on_device(host.managed(encoder, kind="vae"))
+        module = host.load_on_device(transparent_encoder(host.model_path(LAYER_MODELS, encoder_name)))
         offset = module.encode(rgb, alpha).float().cpu()  # [B, 4, h, w]
         return ({"samples": module.offset_latent(mean, std, offset)},)

@@ -140,6 +140,30 @@ def test_decode_with_the_layerdiffuse_decoder(nodes, vae):
     torch.testing.assert_close(with_tta["result"][1], 1 - decoder.estimate(rgb, latent["samples"], tta=True)[:, 0])
 
 
+def test_layerdiffuse_files_are_read_once_while_unchanged(nodes, vae, monkeypatch):
+    """Decoding twice reads the decoder file once and hands ComfyUI the same module; a file changed on disk is
+    read again."""
+    import os
+
+    from pixart_atelier.nodes import host, layer_model_cache
+
+    reads = []
+    original = layer_model_cache.load_transparent_decoder
+    monkeypatch.setattr(layer_model_cache, "load_transparent_decoder",
+                        lambda *args, **kwargs: reads.append(args[0]) or original(*args, **kwargs))
+    monkeypatch.setattr(layer_model_cache, "_HELD", {})
+    latent = {"samples": torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(3))}
+    first = nodes["AtelierTransparentDecode"]().decode(latent, vae, DECODER, False)["result"]
+    handle = layer_model_cache.transparent_decoder(host.model_path("layer_model", DECODER), torch.float32)
+    second = nodes["AtelierTransparentDecode"]().decode(latent, vae, DECODER, False)["result"]
+    assert len(reads) == 1 and handle is layer_model_cache.transparent_decoder(reads[0], torch.float32)
+    torch.testing.assert_close(first[1], second[1])
+    stat = os.stat(reads[0])
+    os.utime(reads[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    nodes["AtelierTransparentDecode"]().decode(latent, vae, DECODER, False)
+    assert len(reads) == 2
+
+
 def _rgba_image(height=40, width=56, seed=0):
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand(1, height, width, 4, generator=generator)  # [1, H, W, 4]
