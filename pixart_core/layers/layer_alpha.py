@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..rgba.alfie import GENERIC_WORDS, HINT_GAIN, STOP_WORDS, core_pieces
+from ..rgba.alfie import HINT_GAIN, content_word_positions
 from .latent_regions import box_mask
 
 log = logging.getLogger(__name__)
@@ -33,18 +33,7 @@ def content_positions(tokenizer, prompt: str) -> list[int]:
     tokenizer merged words."""
     text = prompt.lower().strip()
     full = tokenizer.encode(text)[:-1]  # pieces without </s>
-    positions, start = [], 0
-    for word in text.split():
-        pieces = tokenizer.encode(word)[:-1]
-        if full[start:start + len(pieces)] != pieces:
-            positions = []
-            break
-        core = word.strip(".,;:!?\"'()[]")
-        if core and core not in STOP_WORDS and core not in GENERIC_WORDS and any(ch.isalnum() for ch in core):
-            first, count = core_pieces(tokenizer, pieces, core)  # not its punctuation (an attention sink)
-            positions.extend(range(start + first, start + first + count))
-        start += len(pieces)
-    return positions or list(range(max(1, len(full))))
+    return content_word_positions(tokenizer, text, full) or list(range(max(1, len(full))))
 
 
 def attention_hint(attention: Tensor, grid_hw: tuple[int, int], columns: list[int], box, size: tuple[int, int],

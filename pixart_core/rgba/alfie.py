@@ -129,6 +129,23 @@ def core_pieces(tokenizer, pieces: list[int], core: str) -> tuple[int, int]:
     return 0, len(pieces)
 
 
+def content_word_positions(tokenizer, text: str, pieces: list[int]) -> list[int]:
+    """Positions in `pieces` (the token ids of a caption that starts with `text`, lower-cased as encoded) of
+    `text`'s content words without their punctuation (not stop words, not generic words); [] when none is left
+    or the tokeniser merged pieces across words."""
+    positions, start = [], 0
+    for word in text.split():
+        word_pieces = tokenizer.encode(word)[:-1]
+        if pieces[start:start + len(word_pieces)] != word_pieces:
+            return []
+        core = word.strip(".,;:!?\"'()[]")
+        if core and core not in STOP_WORDS and core not in GENERIC_WORDS and any(ch.isalnum() for ch in core):
+            first, count = core_pieces(tokenizer, word_pieces, core)  # not its punctuation (an attention sink)
+            positions.extend(range(start + first, start + first + count))
+        start += len(word_pieces)
+    return positions
+
+
 def subject_token_positions(tokenizer, prompt: str, max_length: int | None = None) -> list[int]:
     """Caption columns of the user's words in the tokenised `subject_prompt(prompt)` (lower-cased and stripped
     as the pipeline encodes it): not the suffix, not `</s>`, not punctuation, not stop words or generic words
@@ -137,18 +154,8 @@ def subject_token_positions(tokenizer, prompt: str, max_length: int | None = Non
     text = prompt.lower().strip()
     full = tokenizer.encode(subject_prompt(prompt).lower().strip())[:-1]  # pieces without </s>
     limit = len(full) if max_length is None else min(len(full), max_length - 1)  # the pipeline keeps L - 1 pieces
-    positions, start, matched = [], 0, True
-    for word in text.split():
-        pieces = tokenizer.encode(word)[:-1]
-        if full[start:start + len(pieces)] != pieces:
-            matched = False  # the tokeniser merged across words: fall back to the prompt's own pieces
-            break
-        core = word.strip(".,;:!?\"'()[]")
-        if core and core not in STOP_WORDS and core not in GENERIC_WORDS and any(ch.isalnum() for ch in core):
-            first, count = core_pieces(tokenizer, pieces, core)
-            positions.extend(range(start + first, start + first + count))
-        start += len(pieces)
-    if not matched or not positions:
+    positions = content_word_positions(tokenizer, text, full)
+    if not positions:  # the tokeniser merged across words, or no content word: the prompt's own pieces
         own = tokenizer.encode(text)[:-1]
         positions = list(range(min(len(own), len(full))))
     positions = [p for p in positions if p < limit]
