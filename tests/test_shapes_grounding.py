@@ -85,3 +85,24 @@ def test_recorded_attention_is_what_capture_attention_reports_and_carries_gradie
     assert all(block.cross_attn.recorder is None for block in model.blocks)  # detached on exit
     recorded.sum(dim=(0, 1))[0].backward()
     assert model.blocks[0].cross_attn.q_linear.weight.grad is not None
+
+
+def test_the_pixel_term_prefers_a_map_that_covers_its_shape_to_one_that_peaks_in_it():
+    """Both maps lie wholly inside the shape's cells, so the inside term cannot tell them apart; TokenCompose's
+    pixel term (binary cross-entropy against the coverage) favours the one covering the whole shape."""
+    tokens, length = 16, 4
+    regions = torch.zeros(1, GROUPS, tokens)  # [B, G, N]
+    regions[0, 0, 4:8] = 1.0  # the shape covers 4 token cells
+    members = torch.zeros(1, GROUPS, length, dtype=torch.bool)  # [B, G, L]
+    members[0, 0, 1] = True
+    valid = torch.zeros(1, GROUPS, dtype=torch.bool)
+    valid[0, 0] = True
+    peaked, covering = torch.full((1, tokens, length), 1 / 3), torch.full((1, tokens, length), 1 / 3)  # [B, N, L]
+    peaked[0, :, 1] = 0.0
+    peaked[0, 5] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    covering[0, :, 1] = 0.0
+    covering[0, 4:8] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    inside_only = [float(grounding_loss([m], members, regions, valid)) for m in (peaked, covering)]
+    assert inside_only[0] == inside_only[1] == 0.0
+    with_pixels = [float(grounding_loss([m], members, regions, valid, pixel_weight=1.0)) for m in (peaked, covering)]
+    assert with_pixels[1] < with_pixels[0]

@@ -80,12 +80,22 @@ def recording(model):
             module.recorder = None
 
 
-def grounding_loss(maps: list[Tensor], members: Tensor, regions: Tensor, valid: Tensor) -> Tensor:
-    """Mean of (1 - inside)² over the valid phrases: maps [B, N, L'] per block, members bool [B, G, L],
-    regions [B, G, N], valid bool [B, G]. Caption columns the model cut (padding past L') hold no phrase."""
+def grounding_loss(maps: list[Tensor], members: Tensor, regions: Tensor, valid: Tensor,
+                   pixel_weight: float = 0.0) -> Tensor:
+    """Mean over the valid phrases of (1 - inside)², plus `pixel_weight` times TokenCompose's pixel term (its
+    L_pixel: binary cross-entropy of the phrase's map, scaled so its peak is 1, against the region's coverage
+    per token, so the map covers the whole shape rather than peaking in one cell): maps [B, N, L'] per block,
+    members bool [B, G, L], regions [B, G, N], valid bool [B, G]. Caption columns the model cut (padding past
+    L') hold no phrase."""
     attention = torch.stack(maps).mean(dim=0)  # [B, N, L']
     length = attention.shape[-1]
     phrase = torch.matmul(attention, members[..., :length].transpose(1, 2).to(attention.dtype))  # [B, N, G]
     inside = (phrase * regions.transpose(1, 2)).sum(dim=1) / phrase.sum(dim=1).clamp_min(1e-6)  # [B, G]
+    per_phrase = (1.0 - inside).pow(2)  # [B, G]
+    if pixel_weight > 0:
+        scaled = (phrase / phrase.amax(dim=1, keepdim=True).clamp_min(1e-6)).clamp(1e-4, 1 - 1e-4)  # [B, N, G]
+        target = regions.transpose(1, 2).to(scaled.dtype)  # [B, N, G]
+        cross_entropy = -(target * scaled.log() + (1 - target) * (1 - scaled).log()).mean(dim=1)  # [B, G]
+        per_phrase = per_phrase + pixel_weight * cross_entropy
     weight = valid.to(attention.dtype)  # [B, G]
-    return ((1.0 - inside).pow(2) * weight).sum() / weight.sum().clamp_min(1.0)
+    return (per_phrase * weight).sum() / weight.sum().clamp_min(1.0)

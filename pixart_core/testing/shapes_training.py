@@ -72,6 +72,7 @@ class TrainPlan:
     ema_decay: float = 0.998
     caption_drop: float = 0.1  # empty-prompt rows, for classifier-free guidance with negative prompt ""
     grounding_weight: float = 0.1  # weight of the phrase-attention grounding loss (shapes_grounding), 0: none
+    grounding_pixel_weight: float = 0.0  # within it, weight of TokenCompose's pixel term (shapes_grounding)
     eps_max_weight: float = 10.0  # ε loss weight min(1/ᾱ_t, this) (ddpm_loss.learned_sigma_loss)
     t5_parse_steps: int = 600  # the T5 first learns to parse the prompts (shapes_text.pretrain_t5)
     t5_parse_batch: int = 64
@@ -225,7 +226,8 @@ def _grounded_step(plan: TrainPlan, model: PixArtTransformer, schedule: DDPMSche
         loss = _diffusion_step(model, schedule, x0, context, mask, generator, plan.eps_max_weight)
     valid = grounding["valid"][index] & ~drop[:, None]  # [b, G]
     return loss + plan.grounding_weight * grounding_loss(recorder.maps, grounding["members"][index],
-                                                         grounding["regions"][index], valid)
+                                                         grounding["regions"][index], valid,
+                                                         plan.grounding_pixel_weight)
 
 
 def train_dit(plan: TrainPlan, latents: Tensor, captions: Captions, t5: T5Encoder, generator: torch.Generator,
