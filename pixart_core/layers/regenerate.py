@@ -6,7 +6,8 @@ layer's caption in its box, the background caption around it) so the new content
 and style; its attention and the matte give the new alpha, 0 outside the box. The context is the whole canvas,
 not a crop around the box: the scene's caption (its place words) describes the canvas, and the DiT samples the
 size it was made for. In the shapes world a crop with 2 tokens of margin recoloured 3 of 10 layers, the whole
-canvas 10 of 10 (benchmarks/RESULTS.md); it costs one plain image. The background: the old background re-sampled at partial strength with its caption.
+canvas 10 of 10 (benchmarks/RESULTS.md); it costs one plain image. The background: the old background
+re-sampled at partial strength with its caption.
 """
 
 from __future__ import annotations
