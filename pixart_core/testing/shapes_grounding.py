@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .shapes_text import phrase_spans
@@ -95,7 +96,7 @@ def grounding_loss(maps: list[Tensor], members: Tensor, regions: Tensor, valid: 
     if pixel_weight > 0:
         scaled = (phrase / phrase.amax(dim=1, keepdim=True).clamp_min(1e-6)).clamp(1e-4, 1 - 1e-4)  # [B, N, G]
         target = regions.transpose(1, 2).to(scaled.dtype)  # [B, N, G]
-        cross_entropy = -(target * scaled.log() + (1 - target) * (1 - scaled).log()).mean(dim=1)  # [B, G]
+        cross_entropy = F.binary_cross_entropy(scaled, target, reduction="none").mean(dim=1)  # [B, G]
         per_phrase = per_phrase + pixel_weight * cross_entropy
     weight = valid.to(attention.dtype)  # [B, G]
     return (per_phrase * weight).sum() / weight.sum().clamp_min(1.0)
