@@ -3,7 +3,9 @@
 Boxes are drawn, named, moved, resized and reordered by mouse and keyboard in headless Chromium; the queued
 prompt must carry exactly the editor's layout, the server must build that Layout (a test-only probe node shows
 it), a saved and reloaded workflow must show the same boxes, invalid JSON typed into the widget must be refused
-before anything runs, and layer thumbnails sent for a Generate Layers node must load into the boxes.
+before anything runs, and layer thumbnails sent for a Generate Layers node must load into the boxes. On a PixArt
+Load Layers node, its "upload layer file" button is clicked and an ORA picked in the browser's file chooser: the
+file must reach the server's input folder and the node's file widget.
 Needs what tests/test_canvas.py needs (COMFYUI_ROOT, /usr/bin/chromium, `npm install --prefix tests/canvas`).
 Screenshots and layers_report.json go to $CANVAS_OUT when set; PIXART_UPDATE_SCREENSHOTS=1 also copies the
 poster workflow's screenshot to docs/images/layers_poster.png (the README picture).
@@ -33,6 +35,7 @@ PROBE_FILE = CANVAS_DIR / "layout_probe_node.py"
 POSTER = ROOT / "workflows" / "pixart_layers_poster.json"
 DOCS_SCREENSHOT = ROOT / "docs" / "images" / "layers_poster.png"
 THUMB_NAME = "pixart_layers_check_thumb.png"
+UPLOAD_NAME = "pixart_layers_check_upload.ora"
 START_TIMEOUT_S = 600  # importing torch and the pack on a busy 2-core machine
 RUN_TIMEOUT_S = 900
 TOLERANCE = 8  # layout pixels: a mouse position is whole screen pixels, ~2.7 layout pixels each at 1024 wide
@@ -54,6 +57,8 @@ def check(tmp_path_factory, pack) -> dict:
                          cpu=os.environ.get("COMFYUI_DEVICE", "cpu") != "gpu")
     (base / "custom_nodes" / PROBE_FILE.name).symlink_to(PROBE_FILE)
     (base / "temp").mkdir(exist_ok=True)
+    upload = tmp_path_factory.mktemp("upload") / UPLOAD_NAME
+    _two_layer_stack().save(upload)
     try:
         server.start(timeout=START_TIMEOUT_S)
         # after start: ComfyUI empties its temp folder when it starts
@@ -61,6 +66,7 @@ def check(tmp_path_factory, pack) -> dict:
         command = ["node", "layers_check.mjs", "--url", server.url, "--out", str(out), "--chromium", str(CHROMIUM),
                    "--user-data-dir", str(tmp_path_factory.mktemp("chromium_profile")),
                    "--thumb", str(base / "temp" / THUMB_NAME),
+                   "--upload", str(upload),
                    *(["--poster", str(POSTER)] if POSTER.exists() else [])]  # fmt: skip
         result = subprocess.run(command, cwd=CANVAS_DIR, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     finally:
@@ -74,7 +80,19 @@ def check(tmp_path_factory, pack) -> dict:
     assert not report.get("error"), f"layers_check.mjs stopped: {report.get('error')}{driver}{server.log_tail()}"
     if os.environ.get("PIXART_UPDATE_SCREENSHOTS") == "1" and (out / "layers_poster.png").exists():
         shutil.copy(out / "layers_poster.png", DOCS_SCREENSHOT)
-    return {"report": report, "out": out, "driver": driver}
+    return {"report": report, "out": out, "driver": driver, "upload": upload, "input": base / "input"}
+
+
+def _two_layer_stack():
+    """A 64x48 stack: an opaque background and a half-size red square (the file the browser uploads)."""
+    from PIL import Image
+
+    from pixart_core import Layer, LayerStack
+
+    square = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    square.paste((220, 30, 30, 255), (16, 12, 48, 36))
+    return LayerStack([Layer("background", Image.new("RGBA", (64, 48), (40, 90, 200, 255)), (0, 0, 64, 48), ""),
+                       Layer("square", square, (16, 12, 48, 36), "")], 64, 48)
 
 
 def _near(box, expected):
@@ -151,6 +169,17 @@ def test_delete_key_removes_the_box_not_the_node(check):
     assert "AtelierLayout" in removed["nodes"]
     assert [layer["name"] for layer in removed["state"]["layers"]] == \
         [layer["name"] for layer in report["rescale"]["layers"]][1:]
+
+
+def test_layer_file_uploaded_by_the_button_reaches_the_server_and_the_node(check):
+    from pixart_core import LayerStack
+
+    uploaded = check["report"]["upload"]
+    assert uploaded["value"] == UPLOAD_NAME and uploaded["widgets_values"] == [UPLOAD_NAME], uploaded
+    assert uploaded["accept"] and ".ora" in uploaded["accept"], uploaded  # the chooser offers layer files
+    stored = check["input"] / UPLOAD_NAME
+    assert stored.read_bytes() == check["upload"].read_bytes()
+    assert [layer.name for layer in LayerStack.load(stored).layers] == ["background", "square"]
 
 
 def test_no_page_errors(check):

@@ -2,7 +2,7 @@
 // playwright-core):
 //
 //   node layers_check.mjs --url http://127.0.0.1:PORT --out DIR --user-data-dir EMPTY_DIR
-//        [--chromium /usr/bin/chromium] [--thumb FILE.png] [--poster WORKFLOW.json]
+//        [--chromium /usr/bin/chromium] [--thumb FILE.png] [--poster WORKFLOW.json] [--upload FILE.ora]
 //
 // On a fresh PixArt Layout node (1024 x 768) wired to the test-only AtelierLayoutProbe: delete the default box,
 // draw two boxes by mouse, name them and give them prompts in the editor's panel, move one, resize the other,
@@ -10,7 +10,9 @@
 // and reload the workflow (the boxes come back), type invalid JSON into the layout widget and queue (refused with
 // the node's one-line error), and feed a `layer_thumbs` message for a Generate Layers node downstream (the
 // thumbnail loads into the box), halve the width (the boxes follow), press
-// Delete on a box (only the box goes). Screenshots DIR/*.png; with --poster also that workflow (the README picture).
+// Delete on a box (only the box goes). With --upload, click "upload layer file" on a PixArt Load Layers node and
+// pick that file in the browser's file chooser. Screenshots DIR/*.png; with --poster also that workflow (the README
+// picture).
 // Writes DIR/layers_report.json (the test reads it); exit 0 when the steps ran, 1 when one threw.
 
 import { chromium } from "playwright-core";
@@ -28,8 +30,10 @@ const userDataDir = option("--user-data-dir");
 const chromiumPath = option("--chromium", "/usr/bin/chromium");
 const thumbFile = option("--thumb");
 const posterFile = option("--poster");
+const uploadFile = option("--upload");
 if (!url || !outDir || !userDataDir) {
-  console.error("usage: node layers_check.mjs --url URL --out DIR --user-data-dir DIR [--thumb PNG] [--poster JSON]");
+  console.error("usage: node layers_check.mjs --url URL --out DIR --user-data-dir DIR [--thumb PNG] [--poster JSON] " +
+    "[--upload FILE]");
   process.exit(2);
 }
 fs.mkdirSync(outDir, { recursive: true });
@@ -256,6 +260,42 @@ try {
     const nodes = await page.evaluate(() => window.app.graph.nodes.map((n) => n.type));
     return { nodes, state: await editorState(id) };
   });
+
+  if (uploadFile) {
+    await step("upload", async () => { // the button opens the file chooser; the picked file lands in input/
+      const where = await page.evaluate(() => {
+        const { app } = window;
+        const node = window.LiteGraph.createNode("AtelierLoadLayers");
+        node.pos = [700, 420];
+        app.graph.add(node);
+        app.canvas.ds.offset = [0, 0];
+        app.canvas.ds.scale = 1;
+        app.graph.setDirtyCanvas(true, true);
+        return { id: node.id };
+      });
+      await page.waitForTimeout(500);
+      const [x, y] = await page.evaluate((id) => { // the button widget's centre on screen
+        const { app } = window;
+        const node = app.graph.getNodeById(id);
+        const button = node.widgets.find((w) => w.type === "button");
+        const r = app.canvas.canvas.getBoundingClientRect();
+        const { offset, scale } = app.canvas.ds;
+        const local = [node.size[0] / 2, (button.last_y ?? button.y) + 10];
+        return [r.left + (node.pos[0] + local[0] + offset[0]) * scale, r.top + (node.pos[1] + local[1] + offset[1]) * scale];
+      }, where.id);
+      const [chooser] = await Promise.all([page.waitForEvent("filechooser", { timeout: 10000 }), page.mouse.click(x, y)]);
+      await chooser.setFiles(uploadFile);
+      const name = path.basename(uploadFile);
+      await page.waitForFunction(([id, name]) => window.app.graph.getNodeById(id).widgets.find((w) => w.name === "file").value === name,
+        [where.id, name], { timeout: 30000 });
+      return page.evaluate((id) => {
+        const node = window.app.graph.getNodeById(id);
+        const widget = node.widgets.find((w) => w.name === "file");
+        return { value: widget.value, accept: document.querySelector("input[type=file][accept*='.psd']")?.accept ?? null,
+          widgets_values: node.serialize().widgets_values };
+      }, where.id);
+    });
+  }
 
   if (posterFile) {
     await step("poster", async () => {
