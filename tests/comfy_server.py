@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -36,6 +37,14 @@ PACK_FOLDER_NAME = "pixart_atelier"
 PROBE_NODES_FILE = Path(__file__).resolve().parent / "comfy_probe_nodes.py"
 MODEL_KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "controlnet", "loras", "vae_approx")
 HOST = "127.0.0.1"  # loopback only, ever
+IMPORT_NAMES = {"pillow": "PIL", "opencv-python": "cv2", "psd-tools": "psd_tools"}  # distribution -> module
+
+
+def pack_modules() -> list[str]:
+    """The modules of requirements.txt, which a user installs into ComfyUI's Python (README, "In ComfyUI")."""
+    lines = (PACK_ROOT / "requirements.txt").read_text().splitlines()
+    names = [re.split(r"[<>=!~ ;\[]", line.strip(), maxsplit=1)[0].lower() for line in lines]
+    return [IMPORT_NAMES.get(name, name) for name in names if name and not name.startswith("#")]
 
 
 class ComfyServerError(RuntimeError):
@@ -228,8 +237,22 @@ class ComfyServer:
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
+    def check_requirements(self) -> None:
+        """Raise ComfyServerError naming the fix when ComfyUI's Python lacks a module of this pack's
+        requirements.txt (a workflow would otherwise fail midway with an ImportError)."""
+        probe = ("import importlib.util, sys; "
+                 "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))")
+        result = subprocess.run([self.python, "-c", probe, *pack_modules()], capture_output=True, text=True,
+                                timeout=60)
+        missing = result.stdout.split()
+        if result.returncode != 0 or missing:
+            raise ComfyServerError(f"ComfyUI's Python {self.python} lacks {', '.join(missing) or 'a module'} of this "
+                                   f"pack's requirements: run `{self.python} -m pip install -r "
+                                   f"{PACK_ROOT / 'requirements.txt'}`{result.stderr[-500:]}")
+
     def start(self, timeout: float = 180.0) -> "ComfyServer":
         """Launch `main.py` and wait until it answers HTTP; raise ComfyServerError (with log tail) otherwise."""
+        self.check_requirements()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("PIXART_ATELIER_MODELS", None)  # inside the host, folders come from ComfyUI
         with open(self.log_path, "wb") as log:
