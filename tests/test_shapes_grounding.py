@@ -87,6 +87,30 @@ def test_recorded_attention_is_what_capture_attention_reports_and_carries_gradie
     assert model.blocks[0].cross_attn.q_linear.weight.grad is not None
 
 
+def test_projections_only_records_the_same_maps_but_trains_only_the_cross_attention_q_and_k():
+    torch.manual_seed(0)
+    config = PRESETS["sigma-256"].with_(hidden_size=64, num_heads=2, depth=2, caption_channels=32, sample_size=8,
+                                        has_null_caption=False)
+    model = PixArtTransformer(config).eval()
+    for block in model.blocks:
+        torch.nn.init.normal_(block.cross_attn.q_linear.weight, std=0.5)
+    x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 6, 32)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    timestep = torch.tensor([10.0, 500.0])
+    with recording(model) as recorder:
+        model(x, timestep, context, mask)
+    full = torch.stack(recorder.maps).mean(0).detach()  # [B, N, L']
+    with recording(model, projections_only=True) as recorder:
+        model(x, timestep, context, mask)
+    restricted = torch.stack(recorder.maps).mean(0)  # [B, N, L']
+    torch.testing.assert_close(restricted.detach(), full, atol=1e-6, rtol=1e-6)
+    assert all(block.cross_attn.recorder is None and not block.cross_attn._forward_pre_hooks for block in model.blocks)
+    restricted.sum(dim=(0, 1))[0].backward()
+    trained = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained and all(".cross_attn.q_linear." in name or ".cross_attn.kv_linear." in name for name in trained)
+    assert "blocks.1.cross_attn.q_linear.weight" in trained and "blocks.0.cross_attn.kv_linear.weight" in trained
+
+
 def test_the_pixel_term_prefers_a_map_that_covers_its_shape_to_one_that_peaks_in_it():
     """Both maps lie wholly inside the shape's cells, so the inside term cannot tell them apart; TokenCompose's
     pixel term (binary cross-entropy against the coverage) favours the one covering the whole shape."""

@@ -54,31 +54,61 @@ def grounding_targets(tokenizer, layouts: list, regions: np.ndarray, length: int
 
 class GroundingRecorder:
     """Takes an `AttentionRecorder`'s place on cross-attention modules during training: keeps each block's
-    head-mean probabilities [B, N, L'] with their autograd graph."""
+    head-mean probabilities [B, N, L'] with their autograd graph (of the first `heads` heads; 0: all)."""
 
-    def __init__(self) -> None:
+    def __init__(self, heads: int = 0) -> None:
         self.maps: list[Tensor] = []
+        self.heads = heads
 
     def record(self, q: Tensor, k: Tensor, keep: Tensor | None) -> None:
         """q [B, H, N, d], k [B, H, L', d], keep bool [B, 1, 1, L'] or None."""
+        if self.heads:
+            q, k = q[:, :self.heads], k[:, :self.heads]  # [B, h, N, d], [B, h, L', d]
         logits = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, N, L']
         if keep is not None:
             logits = logits.masked_fill(~keep, float("-inf"))  # [B, H, N, L']
         self.maps.append(torch.softmax(logits, dim=-1).mean(dim=1))  # [B, N, L']
 
 
+class ProjectionsOnly:
+    """Stands in for the recorder on one cross-attention module: recomputes q and k from the module's inputs cut
+    from the autograd graph, so a loss on the recorded maps trains only that module's `q_linear` and `kv_linear`
+    (not the residual stream that also draws the picture)."""
+
+    def __init__(self, recorder: GroundingRecorder, module) -> None:
+        self.recorder, self.module = recorder, module
+        self.inputs: tuple[Tensor, Tensor] | None = None
+        self.handle = module.register_forward_pre_hook(self._keep_inputs)
+
+    def _keep_inputs(self, module, args) -> None:
+        self.inputs = args[0], args[1]  # x [B, N, C], context [B, L, C]
+
+    def record(self, q: Tensor, k: Tensor, keep: Tensor | None) -> None:
+        x, context = (tensor.detach() for tensor in self.inputs)
+        batch, tokens, _ = x.shape
+        heads, head_dim = self.module.num_heads, self.module.head_dim
+        q = self.module.q_linear(x).view(batch, tokens, heads, head_dim).transpose(1, 2)  # [B, H, N, d]
+        kv = self.module.kv_linear(context).view(batch, -1, 2, heads, head_dim)  # [B, L, 2, H, d]
+        self.recorder.record(q, kv[:, :, 0].transpose(1, 2).to(q.dtype), keep)  # k [B, H, L, d]
+
+
 @contextmanager
-def recording(model):
-    """`with recording(model) as recorder: model(...)`: every block's cross-attention lands in `recorder.maps`."""
-    recorder = GroundingRecorder()
+def recording(model, projections_only: bool = False, heads: int = 0):
+    """`with recording(model) as recorder: model(...)`: every block's cross-attention (the mean of its first
+    `heads` heads, 0: all) lands in `recorder.maps`; with `projections_only`, their gradient reaches only the
+    cross-attention's query and key projections."""
+    recorder = GroundingRecorder(heads)
     modules = [block.cross_attn for block in model.blocks]
-    for module in modules:
-        module.recorder = recorder
+    stand_ins = [ProjectionsOnly(recorder, module) if projections_only else recorder for module in modules]
+    for module, stand_in in zip(modules, stand_ins):
+        module.recorder = stand_in
     try:
         yield recorder
     finally:
-        for module in modules:
+        for module, stand_in in zip(modules, stand_ins):
             module.recorder = None
+            if projections_only:
+                stand_in.handle.remove()
 
 
 def grounding_loss(maps: list[Tensor], members: Tensor, regions: Tensor, valid: Tensor,
