@@ -111,6 +111,22 @@ def test_projections_only_records_the_same_maps_but_trains_only_the_cross_attent
     assert "blocks.1.cross_attn.q_linear.weight" in trained and "blocks.0.cross_attn.kv_linear.weight" in trained
 
 
+def test_grounding_the_first_head_trains_only_that_heads_query_and_key_rows():
+    torch.manual_seed(0)
+    config = PRESETS["sigma-256"].with_(hidden_size=64, num_heads=2, depth=1, caption_channels=32, sample_size=8,
+                                        has_null_caption=False)
+    model = PixArtTransformer(config).eval()
+    torch.nn.init.normal_(model.blocks[0].cross_attn.q_linear.weight, std=0.5)
+    x, context, mask = torch.randn(1, 4, 8, 8), torch.randn(1, 6, 32), torch.ones(1, 6, dtype=torch.long)
+    with recording(model, projections_only=True, heads=1) as recorder:
+        model(x, torch.tensor([300.0]), context, mask)
+    recorder.maps[0][0, :, 1].sum().backward()  # [B, N, L'] -> one caption column
+    attention = model.blocks[0].cross_attn
+    q_grad, kv_grad = attention.q_linear.weight.grad, attention.kv_linear.weight.grad  # [C, C], [2C, C]
+    assert q_grad[:32].abs().sum() > 0 and kv_grad[:32].abs().sum() > 0  # head 0's query and key rows
+    assert q_grad[32:].abs().sum() == 0 and kv_grad[32:].abs().sum() == 0  # head 1, and every value row
+
+
 def test_the_pixel_term_prefers_a_map_that_covers_its_shape_to_one_that_peaks_in_it():
     """Both maps lie wholly inside the shape's cells, so the inside term cannot tell them apart; TokenCompose's
     pixel term (binary cross-entropy against the coverage) favours the one covering the whole shape."""
