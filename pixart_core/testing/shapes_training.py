@@ -72,9 +72,9 @@ class TrainPlan:
     ema_decay: float = 0.998
     caption_drop: float = 0.1  # empty-prompt rows, for classifier-free guidance with negative prompt ""
     grounding_weight: float = 0.1  # weight of the phrase-attention grounding loss (shapes_grounding), 0: none
-    grounding_pixel_weight: float = 0.0  # within it, weight of TokenCompose's pixel term (shapes_grounding)
-    grounding_projections_only: bool = False  # its gradient trains only the cross-attention's q and k projections
-    grounding_heads: int = 0  # ground the mean of the first this many cross-attention heads (0: all of them)
+    grounding_pixel_weight: float = 2.0  # within it, weight of TokenCompose's pixel term (shapes_grounding)
+    grounding_projections_only: bool = True  # its gradient trains only the cross-attention's q and k projections
+    grounding_heads: int = 1  # ground the mean of the first this many cross-attention heads (0: all of them)
     eps_max_weight: float = 10.0  # ε loss weight min(1/ᾱ_t, this) (ddpm_loss.learned_sigma_loss)
     t5_parse_steps: int = 600  # the T5 first learns to parse the prompts (shapes_text.pretrain_t5)
     t5_parse_batch: int = 64
