@@ -6,8 +6,10 @@ world knows every shape's mask, so training adds TokenCompose's token loss (arXi
 phrase with ground-truth region R, the share of the phrase's attention that falls inside R,
 ``inside = Σ_p A(p)·R(p) / Σ_p A(p)``, is pushed to 1 by ``(1 - inside)²``. A is the cross-attention of image
 tokens over the phrase's caption tokens, averaged over heads and blocks (what `capture_attention` reports); R is
-the shape's coverage of each token cell (for the background phrase, what no shape covers). The loss only trains
-the weights; the model and its layout are the ordinary PixArt ones.
+the shape's coverage of each token cell (for the background phrase, what no shape covers). The committed plan
+grounds only the first head and keeps the loss's gradient to the cross-attention's q and k projections
+(`recording`): grounding every head through the residual stream sharpened the maps but spoiled the pictures
+(benchmarks/RESULTS.md). The loss only trains the weights; the model and its layout are the ordinary PixArt ones.
 """
 
 from __future__ import annotations
