@@ -141,7 +141,7 @@ def test_regenerating_layers_recolours_them(regenerated):
 
 
 @pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET + "; measured: 19 of 20 layouts recoloured their layer (the "
-                   "11th layout's did not pass the recolour check)")
+                   "11th layout's layer did not pass the recolour check)")
 def test_regenerating_every_layer_with_another_colour_recolours_it(regenerated):
     for item in regenerated:
         assert recoloured(*item), item[0].prompt

@@ -51,8 +51,6 @@ def test_core_library_never_imports_comfyui():
         assert not re.search(r"^\s*(import|from)\s+(comfy|folder_paths|nodes|diffusers|transformers)\b", text, re.M), path
 
 
-
-
 def _runtime_imports() -> set[str]:
     """Top-level module names imported anywhere (module level or inside functions) by the shipped code."""
     import ast
